@@ -1,0 +1,132 @@
+"""Every failure leaves the server as OpenAI's error envelope.
+
+    {"error": {"message": "...", "type": "...", "param": "..." | null, "code": "..." | null}}
+
+Handlers here replace FastAPI's ``{"detail": ...}`` for validation errors, HTTP errors
+(unknown routes, wrong methods) and unexpected exceptions, so no client ever sees another shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("reference_server")
+
+
+class APIError(Exception):
+    """An error the client should see, with the HTTP status and OpenAI's fields."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.headers = param, code, headers
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> APIError:
+    return APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")
+
+
+def model_loading() -> APIError:
+    return APIError(503, "The model is still loading; retry in a few seconds.", type="server_error",
+                    code="model_loading", headers={"Retry-After": "1"})
+
+
+def queue_full(limit: int) -> APIError:
+    return APIError(429, f"The server is busy: {limit} requests are already waiting for the model. "
+                    "Retry after a short wait.", type="rate_limit_error", code="rate_limit_exceeded",
+                    headers={"Retry-After": "1"})
+
+
+def context_length_exceeded(prompt_tokens: int, max_tokens: int, n_ctx: int, param: str) -> APIError:
+    return invalid_request(
+        f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+        f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+        f"completion). Please reduce the length of the messages or completion.",
+        param=param, code="context_length_exceeded")
+
+
+def loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
+    """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
+    parts = [p for p in loc if p != "body"]
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in str(part) or "function-" in str(part) or str(part).startswith(("tagged-union", "literal")):
+            continue  # pydantic's union-branch labels are noise to a client
+        else:
+            out += f".{part}" if out else str(part)
+    return out or None
+
+
+def _validation_message(err: dict[str, Any], param: str | None) -> str:
+    if err.get("type") == "json_invalid":
+        return ("We could not parse the JSON body of your request. The API expects a JSON payload "
+                f"({err.get('ctx', {}).get('error', 'invalid JSON')}).")
+    if err.get("type") == "missing":
+        return f"Missing required parameter: '{param}'."
+    got = err.get("input")
+    shown = json.dumps(got, default=str)[:200] if not isinstance(got, dict) else "an object"
+    return f"Invalid value for '{param}': {err.get('msg', 'invalid value')} (got {shown})."
+
+
+async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid" or (first.get("loc") == ("body",) and first.get("type") == "missing"):
+        message = ("We could not parse the JSON body of your request. The API expects a JSON object "
+                   "body with Content-Type: application/json.")
+        return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
+    param = loc_to_param(first.get("loc", ()))
+    return JSONResponse(error_body(_validation_message(first, param), "invalid_request_error", param),
+                        status_code=400)
+
+
+async def _on_api_error(request: Request, exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed for {request.url.path}."
+    else:
+        message = str(exc.detail)
+    type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return JSONResponse(error_body(message, type_), status_code=exc.status_code,
+                        headers=getattr(exc, "headers", None))
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("The server had an error while processing your request.",
+                                   "server_error"), status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _on_api_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

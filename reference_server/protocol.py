@@ -1,0 +1,229 @@
+"""Request bodies, named and shaped as in OpenAI's spec (``CreateChatCompletionRequest`` ...).
+
+Validation ranges follow the spec, so a bad value is refused here with a 400 that names the
+field. Top-level unknown fields are refused as OpenAI does ("Unrecognized request argument");
+fields the spec defines but a local model cannot honour are accepted and ignored, and listed
+in ``IGNORED_FIELDS`` so the course can say so.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- messages --------------------------------------------------------------------------------
+
+class TextContentPart(_Part):
+    type: Literal["text"]
+    text: str
+
+
+Content = Union[str, list[TextContentPart]]
+
+
+class FunctionCall(_Part):
+    name: str
+    arguments: str
+
+
+class ChatCompletionMessageToolCall(_Part):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Part):
+    role: Literal["system", "developer"]
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(_Part):
+    role: Literal["user"]
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(_Part):
+    role: Literal["assistant"]
+    content: Content | None = None
+    name: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ChatCompletionMessageToolCall] | None = None
+
+    @model_validator(mode="after")
+    def _content_or_tool_calls(self) -> "AssistantMessage":
+        if self.content is None and not self.tool_calls:
+            raise ValueError("an assistant message needs `content` or `tool_calls`")
+        return self
+
+
+class ToolMessage(_Part):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+ChatCompletionRequestMessage = Annotated[
+    Union[SystemMessage, UserMessage, AssistantMessage, ToolMessage], Field(discriminator="role")]
+
+
+def content_text(content: Content | None) -> str:
+    """Text of a message's content, whether a string or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.text for part in content)
+
+
+# ---- tools and response formats (used by tools.py) --------------------------------------------
+
+class FunctionDefinition(_Part):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ChatCompletionTool(_Part):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedToolChoiceFunction(_Part):
+    name: str
+
+
+class ChatCompletionNamedToolChoice(_Part):
+    type: Literal["function"]
+    function: NamedToolChoiceFunction
+
+
+ToolChoice = Union[Literal["none", "auto", "required"], ChatCompletionNamedToolChoice]
+
+
+class ResponseFormatText(_Part):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Part):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Part):
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormatJsonSchema(_Part):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[Union[ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema],
+                           Field(discriminator="type")]
+
+
+# ---- shared sampling parameters ----------------------------------------------------------------
+
+class StreamOptions(_Part):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+Stop = Union[str, Annotated[list[str], Field(max_length=4)], None]
+
+
+class _Sampling(_Body):
+    model: str
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1, le=128)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: Stop = None
+    max_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    seed: int | None = None
+    user: str | None = None
+    # llama.cpp extensions that its users expect
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repeat_penalty: float | None = Field(None, gt=0)
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+
+# Spec fields with no meaning for a local model: accepted, ignored.
+IGNORED_FIELDS = ("store", "metadata", "service_tier", "prediction", "web_search_options",
+                  "reasoning_effort", "verbosity", "safety_identifier", "prompt_cache_key",
+                  "prompt_cache_retention", "prompt_cache_options", "moderation")
+
+
+class CreateChatCompletionRequest(_Sampling):
+    messages: list[ChatCompletionRequestMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[ChatCompletionTool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    modalities: list[Literal["text"]] | None = None
+    store: bool | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: str | None = None
+    verbosity: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    prompt_cache_retention: str | None = None
+    prompt_cache_options: Any = None
+    moderation: Any = None
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+Prompt = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
+
+
+class CreateCompletionRequest(_Sampling):
+    prompt: Prompt
+    max_tokens: int | None = Field(16, ge=0)
+    echo: bool | None = None
+    suffix: str | None = None
+    best_of: int | None = Field(None, ge=0, le=20)
+    logprobs: int | None = Field(None, ge=0, le=5)
+
+
+EmbeddingInput = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
+
+
+class CreateEmbeddingRequest(_Body):
+    model: str
+    input: EmbeddingInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None

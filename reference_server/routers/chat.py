@@ -1,0 +1,113 @@
+"""POST /v1/chat/completions: messages in, an assistant message (or a stream of deltas) out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from .. import errors
+from ..engine import ChoiceDone, Engine, TextDelta, now
+from ..generation import chat_logprobs, new_id, sampling_params, system_fingerprint, usage
+from ..protocol import CreateChatCompletionRequest, content_text
+from ..streaming import sse_response
+from .deps import get_engine
+from .models import require_model
+
+router = APIRouter()
+
+
+def template_messages(body: CreateChatCompletionRequest) -> list[dict[str, str]]:
+    """Flattens OpenAI messages into the {role, content} pairs a chat template expects."""
+    out = []
+    for message in body.messages:
+        role = "system" if message.role == "developer" else message.role
+        out.append({"role": role, "content": content_text(message.content)})
+    return out
+
+
+def _prompt(engine: Engine, body: CreateChatCompletionRequest) -> list[int]:
+    try:
+        text = engine.render_chat(template_messages(body))
+    except ValueError as exc:  # the model's template refused the conversation
+        raise errors.invalid_request(f"The model's chat template rejected the messages: {exc}",
+                                     param="messages") from exc
+    return engine.tokenize(text)
+
+
+@router.post("/chat/completions", response_model=None)
+async def create_chat_completion(body: CreateChatCompletionRequest, engine: Engine = Depends(get_engine)):
+    engine.require_ready()
+    require_model(engine, body.model)
+    if body.tools or body.response_format is not None and body.response_format.type != "text":
+        from ..tools import plan_structured  # tool calling and JSON modes live in tools.py
+        return await plan_structured(engine, body)
+    prompt = _prompt(engine, body)
+    top = body.top_logprobs if body.logprobs else None
+    if body.top_logprobs is not None and not body.logprobs:
+        raise errors.invalid_request("'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
+    params = sampling_params(engine, body, len(prompt), limit=body.token_limit,
+                             limit_param="max_completion_tokens" if body.max_completion_tokens else "max_tokens",
+                             n=body.n or 1, logprobs=top if body.logprobs else None)
+    engine.reserve_generation()
+    meta = {"id": new_id("chatcmpl"), "created": now(), "model": engine.model_id,
+            "system_fingerprint": system_fingerprint(engine)}
+    events = engine.generate(prompt, params)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return sse_response(stream_chunks(events, meta, params.n, len(prompt), include_usage, bool(body.logprobs)))
+    return await collect(events, meta, params.n, len(prompt), bool(body.logprobs))
+
+
+async def collect(events: AsyncIterator[Any], meta: dict[str, Any], n: int, prompt_tokens: int,
+                  want_logprobs: bool) -> dict[str, Any]:
+    texts, lps, finish, completion = [""] * n, [[] for _ in range(n)], ["stop"] * n, 0
+    async for event in events:
+        if isinstance(event, TextDelta):
+            texts[event.index] += event.text
+            lps[event.index] += event.logprobs
+        elif isinstance(event, ChoiceDone):
+            finish[event.index] = event.finish_reason
+            completion += event.completion_tokens
+    choices = [{"index": i,
+                "message": {"role": "assistant", "content": texts[i], "refusal": None},
+                "logprobs": chat_logprobs(lps[i]) if want_logprobs else None,
+                "finish_reason": finish[i]} for i in range(n)]
+    return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, completion)}
+
+
+def chunk(meta: dict[str, Any], choices: list[dict[str, Any]], *, with_usage_field: bool) -> dict[str, Any]:
+    out = {**meta, "object": "chat.completion.chunk", "choices": choices}
+    if with_usage_field:
+        out["usage"] = None
+    return out
+
+
+def choice_delta(index: int, delta: dict[str, Any], finish_reason: str | None = None,
+                 logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+async def stream_chunks(events: AsyncIterator[Any], meta: dict[str, Any], n: int, prompt_tokens: int,
+                        include_usage: bool, want_logprobs: bool) -> AsyncIterator[dict[str, Any]]:
+    """Role chunk, content deltas, one finish chunk per choice, then (optionally) the usage chunk."""
+    completion = 0
+    try:
+        for i in range(n):
+            yield chunk(meta, [choice_delta(i, {"role": "assistant", "content": "", "refusal": None})],
+                        with_usage_field=include_usage)
+        async for event in events:
+            if isinstance(event, TextDelta):
+                lp = chat_logprobs(event.logprobs) if want_logprobs else None
+                yield chunk(meta, [choice_delta(event.index, {"content": event.text}, logprobs=lp)],
+                            with_usage_field=include_usage)
+            elif isinstance(event, ChoiceDone):
+                completion += event.completion_tokens
+                yield chunk(meta, [choice_delta(event.index, {}, event.finish_reason)],
+                            with_usage_field=include_usage)
+        if include_usage:
+            yield {**meta, "object": "chat.completion.chunk", "choices": [],
+                   "usage": usage(prompt_tokens, completion)}
+    finally:
+        await events.aclose()

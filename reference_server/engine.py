@@ -108,6 +108,7 @@ class Engine:
         self._embedder: Any = None
         self._template: Any = None
         self._eog: frozenset[int] = frozenset()
+        self.stats = {"completed": 0, "cancelled": 0, "tokens": 0}  # read by tests and /health
         self._gen = _Worker("llama-gen", settings.max_queue)
         self._emb = _Worker("llama-emb", settings.max_queue)
 
@@ -245,7 +246,9 @@ class Engine:
                 logits_processor=[bias] if bias else None)
             for token in tokens if budget > 0 else ():
                 if cancel.is_set():
+                    self.stats["cancelled"] += 1
                     return
+                self.stats["tokens"] += 1
                 if token in self._eog:
                     finish = "stop"
                     break
@@ -267,6 +270,7 @@ class Engine:
             if tail or pending_lp:
                 emit(TextDelta(index, tail, pending_lp))
             emit(ChoiceDone(index, finish, count))
+        self.stats["completed"] += 1
 
     def _logprob(self, llama_cpp: Any, token: int, piece: bytes, top: int) -> TokenLogprob:
         """Log-probabilities from the logits the token was sampled from (before sampling filters)."""

@@ -66,26 +66,33 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, n_ctx: int, par
         param=param, code="context_length_exceeded")
 
 
-def loc_to_param(loc: tuple[Any, ...] | list[Any]) -> str | None:
-    """('body', 'messages', 0, 'role') -> 'messages[0].role'."""
-    parts = [p for p in loc if p != "body"]
-    out = ""
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "[" in str(part) or "function-" in str(part) or str(part).startswith(("tagged-union", "literal")):
-            continue  # pydantic's union-branch labels are noise to a client
-        else:
+def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | None:
+    """('body', 'messages', 0, 'user', 'content') -> 'messages[0].content'.
+
+    Pydantic puts union-branch labels (a discriminator's tag, 'str', 'list[...]') into the
+    location; they are not fields the client sent. Walking the request body alongside the
+    location keeps only real keys and indexes (plus a trailing missing key).
+    """
+    parts = list(loc[1:] if loc and loc[0] == "body" else loc)
+    out, cur = "", body
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(part, int) and isinstance(cur, list) and part < len(cur):
+            out, cur = out + f"[{part}]", cur[part]
+        elif isinstance(cur, dict) and part in cur:
+            out, cur = out + (f".{part}" if out else str(part)), cur[part]
+        elif last and (isinstance(cur, dict) or body is None) and not isinstance(part, int):
             out += f".{part}" if out else str(part)
     return out or None
 
 
 def _validation_message(err: dict[str, Any], param: str | None) -> str:
-    if err.get("type") == "json_invalid":
-        return ("We could not parse the JSON body of your request. The API expects a JSON payload "
-                f"({err.get('ctx', {}).get('error', 'invalid JSON')}).")
+    if param is None:
+        return f"The request body must be a JSON object: {err.get('msg', 'invalid body')}."
     if err.get("type") == "missing":
         return f"Missing required parameter: '{param}'."
+    if err.get("type") == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}"
     got = err.get("input")
     shown = json.dumps(got, default=str)[:200] if not isinstance(got, dict) else "an object"
     return f"Invalid value for '{param}': {err.get('msg', 'invalid value')} (got {shown})."
@@ -98,7 +105,7 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
         message = ("We could not parse the JSON body of your request. The API expects a JSON object "
                    "body with Content-Type: application/json.")
         return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
-    param = loc_to_param(first.get("loc", ()))
+    param = loc_to_param(first.get("loc", ()), exc.body)
     return JSONResponse(error_body(_validation_message(first, param), "invalid_request_error", param),
                         status_code=400)
 

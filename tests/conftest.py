@@ -1,0 +1,196 @@
+"""Shared fixtures: one real model, real uvicorn servers on 127.0.0.1, the official openai client.
+
+Every HTTP response any server test receives passes through ``ContractCheck``, an ASGI
+middleware that validates the body (and every SSE chunk) against ``schemas/``. A test that
+provokes a response outside the contract fails at teardown, whatever it asserted itself.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+import schemas
+from reference_server import Settings, create_app
+from reference_server.engine import Engine
+
+MODEL = "SmolLM2-135M-Instruct"
+N_CTX = 2048
+EOG_TOKENS = (0, 2, 4)  # <|endoftext|>, <|im_end|>, <reponame>: banned to force long generations
+
+
+# ---- the contract hook -----------------------------------------------------------------------
+
+def schema_for(method: str, path: str, status: int, stream: bool) -> str | None:
+    if status >= 400:
+        return "error"
+    if path == "/v1/models":
+        return "model_list"
+    if path.startswith("/v1/models/"):
+        return "model"
+    if path == "/v1/chat/completions":
+        return "chat_completion_chunk" if stream else "chat_completion_response"
+    if path == "/v1/completions":
+        return "completion_chunk" if stream and "completion_chunk" in schemas.names() else "completion_response"
+    if path == "/v1/embeddings":
+        return "embedding_response"
+    return None
+
+
+@dataclass
+class ContractCheck:
+    """ASGI middleware: validates every response body against the JSON Schemas."""
+
+    app: Any
+    violations: list[str] = field(default_factory=list)
+    responses: int = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        state: dict[str, Any] = {"body": b""}
+
+        async def capture(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                state["status"] = message["status"]
+                headers = dict(message.get("headers", []))
+                state["stream"] = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body":
+                state["body"] += message.get("body", b"")
+                if not message.get("more_body"):
+                    try:
+                        self._check(scope, state)
+                    except Exception as exc:  # a broken body must fail the test, not the response
+                        self.violations.append(f"{scope['path']}: could not check the response: {exc!r}")
+            await send(message)
+
+        await self.app(scope, receive, capture)
+
+    def _check(self, scope: dict, state: dict[str, Any]) -> None:
+        name = schema_for(scope["method"], scope["path"], state["status"], state["stream"])
+        if name is None:
+            return
+        self.responses += 1
+        where = f"{scope['method']} {scope['path']} -> {state['status']}"
+        if state["stream"]:
+            for frame in state["body"].decode().split("\n\n"):
+                if not frame.startswith("data: ") or frame == "data: [DONE]":
+                    continue
+                item = json.loads(frame[len("data: "):])
+                self._validate(item, "error" if "error" in item else name, where)
+        else:
+            self._validate(json.loads(state["body"]), name, where)
+
+    def _validate(self, item: Any, name: str, where: str) -> None:
+        for problem in schemas.validate(item, name):
+            self.violations.append(f"{where} [{name}] {problem}")
+
+
+# ---- servers ---------------------------------------------------------------------------------
+
+@dataclass
+class RunningServer:
+    base_url: str  # ends in /v1
+    root: str
+    app: Any
+    contract: ContractCheck
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(settings: Settings, engine: Engine | None = None) -> RunningServer:
+    app = create_app(settings, engine=engine)
+    contract = ContractCheck(app)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(contract, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    root = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{root}/health", timeout=2).status_code == 200:
+                return RunningServer(f"{root}/v1", root, app, contract, server, thread)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    server.should_exit = True
+    raise RuntimeError("test server did not become ready")
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings(n_ctx=N_CTX, max_queue=16)
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Engine:
+    """The model is loaded once for the whole session and shared by every test server."""
+    engine = Engine(settings)
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
+def running(settings: Settings, engine: Engine) -> Iterator[RunningServer]:
+    server = start_server(settings, engine)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(running: RunningServer) -> str:
+    """Base URL (``http://127.0.0.1:PORT/v1``) of the shared test server."""
+    return running.base_url
+
+
+@pytest.fixture(autouse=True)
+def _contract(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails any test during which a server answered outside the JSON Schemas."""
+    if "running" not in request.fixturenames and "server" not in request.fixturenames:
+        yield
+        return
+    running: RunningServer = request.getfixturevalue("running")
+    before = len(running.contract.violations)
+    yield
+    new = running.contract.violations[before:]
+    assert not new, "responses violated schemas/:\n" + "\n".join(new)
+
+
+@pytest.fixture(scope="session")
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server, api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def aclient(server: str) -> openai.AsyncOpenAI:
+    """Per test: an async client's connection pool belongs to the event loop that used it."""
+    return openai.AsyncOpenAI(base_url=server, api_key="not-needed", max_retries=0, timeout=120)
+
+
+@pytest.fixture
+def http(running: RunningServer) -> Iterator[httpx.Client]:
+    """Raw HTTP against the server root, for what the SDK hides (status codes, SSE bytes)."""
+    with httpx.Client(base_url=running.root, timeout=120) as c:
+        yield c
+
+
+def sse_events(body: str) -> list[str]:
+    """The ``data:`` payloads of an SSE body, in order (``[DONE]`` included)."""
+    return [frame[len("data: "):] for frame in body.split("\n\n") if frame.startswith("data: ")]

@@ -49,6 +49,9 @@ def sampling_params(engine: Engine, body: _Sampling, prompt_tokens: int, *, limi
                     limit_param: str, n: int = 1, grammar: str | None = None,
                     logprobs: int | None = None) -> SamplingParams:
     """Resolves defaults and refuses a request that cannot fit in the context window."""
+    if body.stream_options is not None and not body.stream:
+        raise errors.invalid_request("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                                     param="stream_options")
     room = engine.n_ctx - prompt_tokens
     if limit is None:
         if room <= 0:

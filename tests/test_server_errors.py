@@ -116,6 +116,11 @@ def test_context_length_exceeded_names_the_numbers(http):
              param="input", code="context_length_exceeded")
 
 
+def test_stream_options_need_stream(http):
+    r = http.post(CHAT, json={"model": MODEL, "messages": HI, "stream_options": {"include_usage": True}})
+    envelope(r, 400, param="stream_options")
+
+
 def test_completions_specific_errors(http):
     envelope(http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "suffix": "y"}), 400, param="suffix")
     envelope(http.post("/v1/completions", json={"model": MODEL, "prompt": [[999999]]}), 400, param="prompt[0]")

@@ -20,7 +20,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +63,44 @@ class ChoiceDone:
 
 
 Event = TextDelta | ChoiceDone
+
+
+class Generation:
+    """A queued generation: an async iterator of events; ``aclose()`` cancels it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        self.cancel = threading.Event()
+        queue = self._queue
+
+        def emit(item: Event | BaseException | None) -> None:
+            # Called from the worker thread. Holds the queue, not the handle, so dropping the
+            # handle lets it be collected (and cancel) while the job still runs.
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self.emit = emit
+
+    def __aiter__(self) -> "Generation":
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            item = await self._queue.get()
+        except BaseException:  # cancelled while waiting: the client is gone
+            self.cancel.set()
+            raise
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        self.cancel.set()
+
+    def __del__(self) -> None:
+        self.cancel.set()
 
 
 class _Worker:
@@ -178,22 +216,24 @@ class Engine:
 
     # ---- generation --------------------------------------------------------------------------
 
-    async def generate(self, prompt: list[int], params: SamplingParams) -> AsyncIterator[Event]:
-        """Streams events for ``params.n`` choices, one after another.
+    def generate(self, prompt: list[int], params: SamplingParams) -> "Generation":
+        """Queues a generation of ``params.n`` choices now; iterate the handle for its events.
 
-        Call ``reserve_generation()`` first, before any response has started, so a full queue
-        is answered with 429 rather than an error in the middle of a stream.
+        Queuing happens here, before any response has started, so a full queue is answered
+        with 429 rather than an error in the middle of a stream; and a handle that is dropped
+        without being read (the client left before the stream began) still cancels its job.
         """
+        self.require_ready()
+        self._gen.reserve()
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
-        cancel = threading.Event()
-
-        def emit(item: Event | BaseException | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
+        handle = Generation(loop)
+        cancel, emit = handle.cancel, handle.emit
 
         def job() -> None:
             try:
-                if not cancel.is_set():
+                if cancel.is_set():
+                    self.stats["cancelled"] += 1
+                else:
                     self._run(prompt, params, cancel, emit)
             except BaseException as exc:  # handed to the request that caused it
                 emit(exc)
@@ -201,17 +241,7 @@ class Engine:
                 emit(None)
 
         self._gen.submit(job)
-        try:
-            while (item := await queue.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancel.set()
-
-    def reserve_generation(self) -> None:
-        self.require_ready()
-        self._gen.reserve()
+        return handle
 
     def _run(self, prompt: list[int], p: SamplingParams, cancel: threading.Event,
              emit: Callable[[Event], None]) -> None:

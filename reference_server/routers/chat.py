@@ -50,7 +50,6 @@ async def create_chat_completion(body: CreateChatCompletionRequest, engine: Engi
     params = sampling_params(engine, body, len(prompt), limit=body.token_limit,
                              limit_param="max_completion_tokens" if body.max_completion_tokens else "max_tokens",
                              n=body.n or 1, logprobs=top if body.logprobs else None)
-    engine.reserve_generation()
     meta = {"id": new_id("chatcmpl"), "created": now(), "model": engine.model_id,
             "system_fingerprint": system_fingerprint(engine)}
     events = engine.generate(prompt, params)

@@ -53,7 +53,6 @@ async def create_completion(body: CreateCompletionRequest, engine: Engine = Depe
                              n=n, logprobs=body.logprobs) for p in prompts]
     if body.stream and len(prompts) > 1:
         raise errors.invalid_request("Streaming supports a single prompt per request.", param="prompt")
-    engine.reserve_generation()
     meta = {"id": new_id("cmpl"), "created": now(), "model": engine.model_id,
             "system_fingerprint": system_fingerprint(engine)}
     echo = [engine.detokenize(p) if body.echo else "" for p in prompts]
@@ -63,8 +62,6 @@ async def create_completion(body: CreateCompletionRequest, engine: Engine = Depe
                                     include_usage, body.logprobs is not None))
     choices, completion = [], 0
     for p_index, (prompt, params) in enumerate(zip(prompts, plans)):
-        if p_index:
-            engine.reserve_generation()
         texts, lps, finish = [echo[p_index]] * n, [[] for _ in range(n)], ["stop"] * n
         async for event in engine.generate(prompt, params):
             if isinstance(event, TextDelta):

@@ -32,6 +32,8 @@ EOG_TOKENS = (0, 2, 4)  # <|endoftext|>, <|im_end|>, <reponame>: banned to force
 # ---- the contract hook -----------------------------------------------------------------------
 
 def schema_for(method: str, path: str, status: int, stream: bool) -> str | None:
+    if status == 499:  # the client had hung up; nobody reads this response
+        return None
     if status >= 400:
         return "error"
     if path == "/v1/models":

@@ -58,3 +58,20 @@ def test_disconnect_stops_the_generation_and_the_next_request_is_served(http, ru
     assert generated < 300, f"{generated} tokens generated after the client left"
     ok = http.post("/v1/chat/completions", json={**ASK, "stream": False, "max_tokens": 4})
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
+
+
+def test_disconnect_cancels_a_non_streamed_generation_too(http, running, engine):
+    long = {**ASK, "stream": False, "max_tokens": 1500, "temperature": 0.8,
+            "logit_bias": {str(t): -100 for t in EOG_TOKENS}}
+    before = dict(engine.stats)
+    with httpx.Client(base_url=running.root, timeout=httpx.Timeout(60, read=1.0)) as c:
+        try:
+            c.post("/v1/chat/completions", json=long)
+        except httpx.ReadTimeout:
+            pass  # the client gives up after a second and closes the connection
+    deadline = time.monotonic() + 20
+    while engine.stats["cancelled"] == before["cancelled"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert engine.stats["cancelled"] == before["cancelled"] + 1
+    assert engine.stats["tokens"] - before["tokens"] < 400
+    assert http.get("/health").status_code == 200

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from .. import errors
 from ..engine import ChoiceDone, Engine, TextDelta, now
 from ..generation import chat_logprobs, new_id, sampling_params, system_fingerprint, usage
 from ..protocol import CreateChatCompletionRequest, content_text
 from ..streaming import sse_response
-from .deps import get_engine
+from .deps import get_engine, unless_disconnected
 from .models import require_model
 
 router = APIRouter()
@@ -37,7 +37,8 @@ def _prompt(engine: Engine, body: CreateChatCompletionRequest) -> list[int]:
 
 
 @router.post("/chat/completions", response_model=None)
-async def create_chat_completion(body: CreateChatCompletionRequest, engine: Engine = Depends(get_engine)):
+async def create_chat_completion(body: CreateChatCompletionRequest, request: Request,
+                                 engine: Engine = Depends(get_engine)):
     engine.require_ready()
     require_model(engine, body.model)
     if body.tools or body.response_format is not None and body.response_format.type != "text":
@@ -56,7 +57,7 @@ async def create_chat_completion(body: CreateChatCompletionRequest, engine: Engi
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(stream_chunks(events, meta, params.n, len(prompt), include_usage, bool(body.logprobs)))
-    return await collect(events, meta, params.n, len(prompt), bool(body.logprobs))
+    return await unless_disconnected(request, collect(events, meta, params.n, len(prompt), bool(body.logprobs)))
 
 
 async def collect(events: AsyncIterator[Any], meta: dict[str, Any], n: int, prompt_tokens: int,

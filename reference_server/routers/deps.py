@@ -1,11 +1,42 @@
-"""Request-scoped dependencies shared by the routers."""
+"""Request-scoped helpers shared by the routers."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import anyio
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from ..engine import Engine
+from ..errors import error_body
+
+T = TypeVar("T")
 
 
 def get_engine(request: Request) -> Engine:
     return request.app.state.engine
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | JSONResponse:
+    """Awaits ``work`` (a non-streamed generation) but abandons it if the client hangs up.
+
+    Abandoning cancels the generation, so a client that gives up on a long request frees the
+    model for the next one instead of leaving it to finish for nobody. (Streams need no help:
+    Starlette cancels them on disconnect.)
+    """
+    result: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        result["value"] = await work
+        tg.cancel_scope.cancel()
+    if "value" in result:
+        return result["value"]
+    # 499 "client closed request" (nginx's convention); nobody is there to read it.
+    return JSONResponse(error_body("Client closed the request.", "invalid_request_error"), status_code=499)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from . import errors
-from .engine import Engine, TokenLogprob
+from .engine import ChoiceDone, Engine, Generation, TextDelta, TokenLogprob
 from .protocol import _Sampling
 from .sampling import SamplingParams
 
@@ -93,3 +94,25 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, A
     return {"tokens": [e.token for e in entries], "token_logprobs": [e.logprob for e in entries],
             "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
             "text_offset": offsets}
+
+
+@dataclass
+class Gathered:
+    """A whole generation, choice by choice, for the non-streamed responses."""
+
+    texts: list[str]
+    logprobs: list[list[TokenLogprob]]
+    finish_reasons: list[str]
+    completion_tokens: int
+
+
+async def gather(events: Generation, n: int, prefix: str = "") -> Gathered:
+    out = Gathered([prefix] * n, [[] for _ in range(n)], ["stop"] * n, 0)
+    async for event in events:
+        if isinstance(event, TextDelta):
+            out.texts[event.index] += event.text
+            out.logprobs[event.index] += event.logprobs
+        elif isinstance(event, ChoiceDone):
+            out.finish_reasons[event.index] = event.finish_reason
+            out.completion_tokens += event.completion_tokens
+    return out

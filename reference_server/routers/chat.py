@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from .. import errors
-from ..engine import ChoiceDone, Engine, TextDelta, now
-from ..generation import chat_logprobs, new_id, sampling_params, system_fingerprint, usage
+from ..engine import ChoiceDone, Engine, Generation, TextDelta, now
+from ..generation import chat_logprobs, gather, new_id, sampling_params, system_fingerprint, usage
 from ..protocol import CreateChatCompletionRequest, content_text
 from ..streaming import sse_response
 from .deps import get_engine, unless_disconnected
@@ -60,21 +60,15 @@ async def create_chat_completion(body: CreateChatCompletionRequest, request: Req
     return await unless_disconnected(request, collect(events, meta, params.n, len(prompt), bool(body.logprobs)))
 
 
-async def collect(events: AsyncIterator[Any], meta: dict[str, Any], n: int, prompt_tokens: int,
+async def collect(events: Generation, meta: dict[str, Any], n: int, prompt_tokens: int,
                   want_logprobs: bool) -> dict[str, Any]:
-    texts, lps, finish, completion = [""] * n, [[] for _ in range(n)], ["stop"] * n, 0
-    async for event in events:
-        if isinstance(event, TextDelta):
-            texts[event.index] += event.text
-            lps[event.index] += event.logprobs
-        elif isinstance(event, ChoiceDone):
-            finish[event.index] = event.finish_reason
-            completion += event.completion_tokens
+    got = await gather(events, n)
     choices = [{"index": i,
-                "message": {"role": "assistant", "content": texts[i], "refusal": None},
-                "logprobs": chat_logprobs(lps[i]) if want_logprobs else None,
-                "finish_reason": finish[i]} for i in range(n)]
-    return {**meta, "object": "chat.completion", "choices": choices, "usage": usage(prompt_tokens, completion)}
+                "message": {"role": "assistant", "content": got.texts[i], "refusal": None},
+                "logprobs": chat_logprobs(got.logprobs[i]) if want_logprobs else None,
+                "finish_reason": got.finish_reasons[i]} for i in range(n)]
+    return {**meta, "object": "chat.completion", "choices": choices,
+            "usage": usage(prompt_tokens, got.completion_tokens)}
 
 
 def chunk(meta: dict[str, Any], choices: list[dict[str, Any]], *, with_usage_field: bool) -> dict[str, Any]:

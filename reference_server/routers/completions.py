@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from .. import errors
 from ..engine import ChoiceDone, Engine, TextDelta, now
-from ..generation import completion_logprobs, new_id, sampling_params, system_fingerprint, usage
+from ..generation import completion_logprobs, gather, new_id, sampling_params, system_fingerprint, usage
 from ..protocol import CreateCompletionRequest
 from ..streaming import sse_response
-from .deps import get_engine
+from .deps import get_engine, unless_disconnected
 from .models import require_model
 
 router = APIRouter()
@@ -39,7 +39,7 @@ def _prompts(engine: Engine, prompt: Any) -> list[list[int]]:
 
 
 @router.post("/completions", response_model=None)
-async def create_completion(body: CreateCompletionRequest, engine: Engine = Depends(get_engine)):
+async def create_completion(body: CreateCompletionRequest, request: Request, engine: Engine = Depends(get_engine)):
     engine.require_ready()
     require_model(engine, body.model)
     if body.suffix:
@@ -60,20 +60,19 @@ async def create_completion(body: CreateCompletionRequest, engine: Engine = Depe
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(_stream(engine.generate(prompts[0], plans[0]), meta, echo[0], len(prompts[0]),
                                     include_usage, body.logprobs is not None))
+    return await unless_disconnected(request, _collect(engine, prompts, plans, n, echo, meta, body.logprobs))
+
+
+async def _collect(engine: Engine, prompts: list[list[int]], plans: list[Any], n: int, echo: list[str],
+                   meta: dict[str, Any], logprobs: int | None) -> dict[str, Any]:
     choices, completion = [], 0
     for p_index, (prompt, params) in enumerate(zip(prompts, plans)):
-        texts, lps, finish = [echo[p_index]] * n, [[] for _ in range(n)], ["stop"] * n
-        async for event in engine.generate(prompt, params):
-            if isinstance(event, TextDelta):
-                texts[event.index] += event.text
-                lps[event.index] += event.logprobs
-            elif isinstance(event, ChoiceDone):
-                finish[event.index] = event.finish_reason
-                completion += event.completion_tokens
+        got = await gather(engine.generate(prompt, params), n, echo[p_index])
+        completion += got.completion_tokens
         for i in range(n):
-            choices.append({"index": p_index * n + i, "text": texts[i], "finish_reason": finish[i],
-                            "logprobs": completion_logprobs(lps[i], len(echo[p_index]))
-                            if body.logprobs is not None else None})
+            choices.append({"index": p_index * n + i, "text": got.texts[i], "finish_reason": got.finish_reasons[i],
+                            "logprobs": completion_logprobs(got.logprobs[i], len(echo[p_index]))
+                            if logprobs is not None else None})
     prompt_tokens = sum(len(p) for p in prompts)
     return {**meta, "object": "text_completion", "choices": choices, "usage": usage(prompt_tokens, completion)}
 

@@ -91,6 +91,18 @@ def test_spec_fields_we_cannot_honour_are_accepted(http):
     assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize("field,value", [
+    ("audio", {"voice": "alloy", "format": "wav"}),
+    ("functions", [{"name": "f", "parameters": {"type": "object"}}]),
+    ("function_call", "auto"),
+    ("modalities", ["text", "audio"]),
+])
+def test_spec_fields_this_server_cannot_serve_are_refused_clearly(http, field, value):
+    err = envelope(http.post(CHAT, json={"model": MODEL, "messages": HI, field: value}), 400,
+                   param=field if field != "modalities" else "modalities[1]")
+    assert "not supported" in err["message"] or "cannot" in err["message"] or "Input should be" in err["message"]
+
+
 def test_unknown_model(http):
     err = envelope(http.post(CHAT, json={"model": "gpt-4o", "messages": HI}), 404, param="model",
                    code="model_not_found")

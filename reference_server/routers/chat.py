@@ -27,6 +27,17 @@ def template_messages(body: CreateChatCompletionRequest) -> list[dict[str, str]]
     return out
 
 
+UNSERVABLE = {"audio": "This model cannot produce audio; omit 'audio'.",
+              "functions": "'functions' is deprecated and not supported; send 'tools' instead.",
+              "function_call": "'function_call' is deprecated and not supported; send 'tool_choice' instead."}
+
+
+def refuse_unservable(body: CreateChatCompletionRequest) -> None:
+    for name, message in UNSERVABLE.items():
+        if getattr(body, name) is not None:
+            raise errors.invalid_request(message, param=name)
+
+
 def _prompt(engine: Engine, body: CreateChatCompletionRequest) -> list[int]:
     try:
         text = engine.render_chat(template_messages(body))
@@ -41,6 +52,7 @@ async def create_chat_completion(body: CreateChatCompletionRequest, request: Req
                                  engine: Engine = Depends(get_engine)):
     engine.require_ready()
     require_model(engine, body.model)
+    refuse_unservable(body)
     if body.tools or body.response_format is not None and body.response_format.type != "text":
         from ..tools import plan_structured  # tool calling and JSON modes live in tools.py
         return await plan_structured(engine, body)

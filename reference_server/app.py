@@ -19,6 +19,7 @@ from .settings import Settings
 log = logging.getLogger("reference_server")
 
 
+# --8<-- [start:create_app]
 def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
                on_ready: Callable[[Settings], None] | None = None) -> FastAPI:
     """Builds the app; the model loads in the background when the app starts.
@@ -29,6 +30,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     settings = settings or Settings()
     engine = engine or Engine(settings)
 
+    # --8<-- [start:lifespan]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
@@ -42,10 +44,12 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         task = asyncio.create_task(load())
         yield
         await asyncio.wait({task})
+    # --8<-- [end:lifespan]
 
     app = FastAPI(title="llama.cpp OpenAI-compatible reference server", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.engine = settings, engine
     errors.install(app)
+    # --8<-- [start:mount_routers]
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in settings.cors_origins)
@@ -53,4 +57,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     for router in (models.router, chat.router, completions.router, embeddings.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
+    # --8<-- [end:mount_routers]
     return app
+# --8<-- [end:create_app]

@@ -11,6 +11,7 @@ from .errors import APIError
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
+# --8<-- [start:require_api_key]
 def require_api_key(request: Request) -> None:
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
@@ -22,3 +23,4 @@ def require_api_key(request: Request) -> None:
                        "as 'Authorization: Bearer YOUR_KEY'.", code="invalid_api_key", headers=_CHALLENGE)
     if not any(secrets.compare_digest(token.strip(), key) for key in keys):
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key", headers=_CHALLENGE)
+# --8<-- [end:require_api_key]

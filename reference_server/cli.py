@@ -37,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# --8<-- [start:check_model_file]
 def check_model_file(path: Path) -> str | None:
     """A sentence for the user, or None if ``path`` looks like a GGUF model."""
     if not path.exists():
@@ -47,6 +48,7 @@ def check_model_file(path: Path) -> str | None:
         if f.read(4) != GGUF_MAGIC:
             return f"not a GGUF model file (it does not start with 'GGUF'): {path}"
     return None
+# --8<-- [end:check_model_file]
 
 
 def banner(settings: Settings) -> str:
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import create_app
 
+    # --8<-- [start:bind]
     sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -92,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"reference-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
+    # --8<-- [end:bind]
     settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     print(f"Loading {settings.model_path.name} (n_ctx={settings.n_ctx}, threads={settings.n_threads}) ...",
           flush=True)

@@ -65,6 +65,7 @@ class ChoiceDone:
 Event = TextDelta | ChoiceDone
 
 
+# --8<-- [start:generation_handle]
 class Generation:
     """A queued generation: an async iterator of events; ``aclose()`` cancels it."""
 
@@ -101,8 +102,10 @@ class Generation:
 
     def __del__(self) -> None:
         self.cancel.set()
+# --8<-- [end:generation_handle]
 
 
+# --8<-- [start:worker]
 class _Worker:
     """One thread, a bounded count of waiting jobs."""
 
@@ -131,6 +134,7 @@ class _Worker:
     @property
     def pending(self) -> int:
         return self._jobs
+# --8<-- [end:worker]
 
 
 class Engine:
@@ -152,6 +156,7 @@ class Engine:
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
+    # --8<-- [start:load]
     def load(self) -> None:
         """Blocking; the app calls it on a thread at startup so /health can answer 503 meanwhile."""
         if self.state == "ready":
@@ -178,6 +183,7 @@ class Engine:
         except Exception as exc:  # reported by /health and every endpoint, never a traceback
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
+    # --8<-- [end:load]
 
     def require_ready(self) -> None:
         if self.state != "ready":
@@ -194,10 +200,12 @@ class Engine:
 
     # ---- prompts -----------------------------------------------------------------------------
 
+    # --8<-- [start:render_chat]
     def render_chat(self, messages: list[dict[str, str]]) -> str:
         """Applies the model's own chat template (from the GGUF), as llama.cpp's server does."""
         return self._template.render(messages=messages, add_generation_prompt=True,
                                      bos_token="", eos_token="")
+    # --8<-- [end:render_chat]
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
@@ -208,14 +216,17 @@ class Engine:
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self._llm.n_vocab()
 
+    # --8<-- [start:grammar]
     @staticmethod
     def grammar_from_json_schema(schema: dict[str, Any]) -> str:
         """GBNF text that only admits JSON valid against ``schema`` (raises ValueError if unsupported)."""
         from llama_cpp.llama_grammar import json_schema_to_gbnf
         return json_schema_to_gbnf(json.dumps(schema))
+    # --8<-- [end:grammar]
 
     # ---- generation --------------------------------------------------------------------------
 
+    # --8<-- [start:generate]
     def generate(self, prompt: list[int], params: SamplingParams) -> "Generation":
         """Queues a generation of ``params.n`` choices now; iterate the handle for its events.
 
@@ -242,6 +253,7 @@ class Engine:
 
         self._gen.submit(job)
         return handle
+    # --8<-- [end:generate]
 
     def _run(self, prompt: list[int], p: SamplingParams, cancel: threading.Event,
              emit: Callable[[Event], None]) -> None:
@@ -258,6 +270,7 @@ class Engine:
                 scores[ids] += values
                 return scores
 
+        # --8<-- [start:token_loop]
         for index in range(p.n):
             # A fresh context for every choice: the result must not depend on what an earlier
             # request left in the KV cache (prefix reuse changes batch shapes, hence floats).
@@ -301,6 +314,7 @@ class Engine:
                 emit(TextDelta(index, tail, pending_lp))
             emit(ChoiceDone(index, finish, count))
         self.stats["completed"] += 1
+        # --8<-- [end:token_loop]
 
     def _logprob(self, llama_cpp: Any, token: int, piece: bytes, top: int) -> TokenLogprob:
         """Log-probabilities from the logits the token was sampled from (before sampling filters)."""
@@ -323,9 +337,11 @@ class Engine:
         self._require_embedder()
         self._emb.reserve()
 
+    # --8<-- [start:embed]
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One mean-pooled, L2-normalised vector per input, as OpenAI returns them."""
         return await self._emb.submit(lambda: self._embedder.embed(texts, normalize=True, truncate=False))
+    # --8<-- [end:embed]
 
     @property
     def embedding_dimensions(self) -> int:
@@ -338,9 +354,11 @@ class Engine:
                                   param="model", code="embeddings_disabled")
 
 
+# --8<-- [start:encode_base64]
 def encode_base64(vector: list[float]) -> str:
     """OpenAI's ``encoding_format: base64``: little-endian float32 bytes, base64-encoded."""
     return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+# --8<-- [end:encode_base64]
 
 
 def _raise_template_error(message: str) -> None:

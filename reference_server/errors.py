@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger("reference_server")
 
 
+# --8<-- [start:api_error]
 class APIError(Exception):
     """An error the client should see, with the HTTP status and OpenAI's fields."""
 
@@ -36,12 +37,14 @@ class APIError(Exception):
 
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+# --8<-- [end:api_error]
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
     return APIError(400, message, param=param, code=code)
 
 
+# --8<-- [start:constructors]
 def model_not_found(model: str) -> APIError:
     return APIError(404, f"The model `{model}` does not exist or you do not have access to it.",
                     param="model", code="model_not_found")
@@ -64,6 +67,7 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, n_ctx: int, par
         f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
         f"completion). Please reduce the length of the messages or completion.",
         param=param, code="context_length_exceeded")
+# --8<-- [end:constructors]
 
 
 def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | None:
@@ -98,6 +102,7 @@ def _validation_message(err: dict[str, Any], param: str | None) -> str:
     return f"Invalid value for '{param}': {err.get('msg', 'invalid value')} (got {shown})."
 
 
+# --8<-- [start:validation_handler]
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
     first = errors[0] if errors else {}
@@ -108,6 +113,7 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     param = loc_to_param(first.get("loc", ()), exc.body)
     return JSONResponse(error_body(_validation_message(first, param), "invalid_request_error", param),
                         status_code=400)
+# --8<-- [end:validation_handler]
 
 
 async def _on_api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -132,8 +138,10 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
                                    "server_error"), status_code=500)
 
 
+# --8<-- [start:install]
 def install(app: FastAPI) -> None:
     app.add_exception_handler(APIError, _on_api_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)
+# --8<-- [end:install]

@@ -30,9 +30,11 @@ def system_fingerprint(engine: Engine) -> str:
     return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
+# --8<-- [start:usage]
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+# --8<-- [end:usage]
 
 
 def _logit_bias(engine: Engine, bias: dict[str, int] | None) -> dict[int, float]:
@@ -46,6 +48,7 @@ def _logit_bias(engine: Engine, bias: dict[str, int] | None) -> dict[int, float]
     return out
 
 
+# --8<-- [start:sampling_params]
 def sampling_params(engine: Engine, body: _Sampling, prompt_tokens: int, *, limit: int | None,
                     limit_param: str, n: int = 1, grammar: str | None = None,
                     logprobs: int | None = None) -> SamplingParams:
@@ -76,6 +79,7 @@ def sampling_params(engine: Engine, body: _Sampling, prompt_tokens: int, *, limi
         logprobs=logprobs,
         n=n,
     )
+# --8<-- [end:sampling_params]
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:

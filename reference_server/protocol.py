@@ -13,12 +13,14 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+# --8<-- [start:body_config]
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
 class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
+# --8<-- [end:body_config]
 
 
 # ---- messages --------------------------------------------------------------------------------
@@ -89,6 +91,7 @@ def content_text(content: Content | None) -> str:
 
 # ---- tools and response formats (used by tools.py) --------------------------------------------
 
+# --8<-- [start:tools_protocol]
 class FunctionDefinition(_Part):
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
     description: str | None = None
@@ -134,6 +137,7 @@ class ResponseFormatJsonSchema(_Part):
 
 
 ResponseFormat = Annotated[Union[ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema],
+# --8<-- [end:tools_protocol]
                            Field(discriminator="type")]
 
 
@@ -147,6 +151,7 @@ class StreamOptions(_Part):
 Stop = Union[str, Annotated[list[str], Field(max_length=4)], None]
 
 
+# --8<-- [start:sampling_fields]
 class _Sampling(_Body):
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
@@ -170,14 +175,18 @@ class _Sampling(_Body):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+# --8<-- [end:sampling_fields]
 
 
 # Spec fields with no meaning for a local model: accepted, ignored.
+# --8<-- [start:ignored_fields]
 IGNORED_FIELDS = ("store", "metadata", "service_tier", "prediction", "web_search_options",
                   "reasoning_effort", "verbosity", "safety_identifier", "prompt_cache_key",
                   "prompt_cache_retention", "prompt_cache_options", "moderation")
+# --8<-- [end:ignored_fields]
 
 
+# --8<-- [start:chat_request]
 class CreateChatCompletionRequest(_Sampling):
     messages: list[ChatCompletionRequestMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
@@ -208,6 +217,7 @@ class CreateChatCompletionRequest(_Sampling):
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+# --8<-- [end:chat_request]
 
 
 Prompt = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
@@ -225,9 +235,11 @@ class CreateCompletionRequest(_Sampling):
 EmbeddingInput = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
 
 
+# --8<-- [start:embedding_request]
 class CreateEmbeddingRequest(_Body):
     model: str
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, ge=1)
     user: str | None = None
+# --8<-- [end:embedding_request]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# --8<-- [start:sampling_params]
 @dataclass(frozen=True)
 class SamplingParams:
     """One generation's knobs, already resolved from an OpenAI request to concrete values.
@@ -27,8 +28,10 @@ class SamplingParams:
     grammar: str | None = None  # GBNF text; see engine.grammar_from_json_schema
     logprobs: int | None = None  # None: off; k: also return the k most likely alternatives
     n: int = 1
+# --8<-- [end:sampling_params]
 
 
+# --8<-- [start:stop_matcher]
 class StopMatcher:
     """Finds stop sequences in streamed text without ever emitting part of one.
 
@@ -60,3 +63,4 @@ class StopMatcher:
         """End of generation: held-back text was not a stop after all."""
         held, self._held = self._held, ""
         return "" if self.stopped else held
+# --8<-- [end:stop_matcher]

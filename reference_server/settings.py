@@ -34,6 +34,7 @@ def _default_model_path() -> Path:
     return embedded_model_path() or Path(EMBEDDED_MODEL_FILE)
 
 
+# --8<-- [start:settings]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REFERENCE_SERVER_", extra="forbid")
 
@@ -61,14 +62,17 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    # --8<-- [start:served_model_id]
     @property
     def served_model_id(self) -> str:
         if self.model_id:
             return self.model_id
         # "SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct": clients name the model, not its quantisation
         return re.sub(r"[.-](I?Q\d\w*|F16|F32|BF16)$", "", self.model_path.name.removesuffix(".gguf"), flags=re.I)
+    # --8<-- [end:served_model_id]
 
     @property
     def base_url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}/v1"
+# --8<-- [end:settings]

@@ -19,6 +19,7 @@ from .errors import APIError, error_body
 
 log = logging.getLogger("reference_server")
 
+# --8<-- [start:sse]
 DONE = format_sse_event(data_str="[DONE]")
 
 # Proxies (nginx, some ingress controllers) buffer responses unless told not to, which turns
@@ -46,3 +47,4 @@ async def _frames(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]
 
 def sse_response(chunks: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
     return EventSourceResponse(_frames(chunks), headers=SSE_HEADERS)
+# --8<-- [end:sse]

@@ -18,6 +18,7 @@ from .models import require_model
 router = APIRouter()
 
 
+# --8<-- [start:template_messages]
 def template_messages(body: CreateChatCompletionRequest) -> list[dict[str, str]]:
     """Flattens OpenAI messages into the {role, content} pairs a chat template expects."""
     out = []
@@ -25,6 +26,7 @@ def template_messages(body: CreateChatCompletionRequest) -> list[dict[str, str]]
         role = "system" if message.role == "developer" else message.role
         out.append({"role": role, "content": content_text(message.content)})
     return out
+# --8<-- [end:template_messages]
 
 
 UNSERVABLE = {"audio": "This model cannot produce audio; omit 'audio'.",
@@ -47,6 +49,7 @@ def _prompt(engine: Engine, body: CreateChatCompletionRequest) -> list[int]:
     return engine.tokenize(text)
 
 
+# --8<-- [start:create_chat_completion]
 @router.post("/chat/completions", response_model=None)
 async def create_chat_completion(body: CreateChatCompletionRequest, request: Request,
                                  engine: Engine = Depends(get_engine)):
@@ -70,8 +73,10 @@ async def create_chat_completion(body: CreateChatCompletionRequest, request: Req
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return sse_response(stream_chunks(events, meta, params.n, len(prompt), include_usage, bool(body.logprobs)))
     return await unless_disconnected(request, collect(events, meta, params.n, len(prompt), bool(body.logprobs)))
+# --8<-- [end:create_chat_completion]
 
 
+# --8<-- [start:collect]
 async def collect(events: Generation, meta: dict[str, Any], n: int, prompt_tokens: int,
                   want_logprobs: bool) -> dict[str, Any]:
     got = await gather(events, n)
@@ -81,6 +86,7 @@ async def collect(events: Generation, meta: dict[str, Any], n: int, prompt_token
                 "finish_reason": got.finish_reasons[i]} for i in range(n)]
     return {**meta, "object": "chat.completion", "choices": choices,
             "usage": usage(prompt_tokens, got.completion_tokens)}
+# --8<-- [end:collect]
 
 
 def chunk(meta: dict[str, Any], choices: list[dict[str, Any]], *, with_usage_field: bool) -> dict[str, Any]:
@@ -95,6 +101,7 @@ def choice_delta(index: int, delta: dict[str, Any], finish_reason: str | None = 
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
+# --8<-- [start:stream_chunks]
 async def stream_chunks(events: AsyncIterator[Any], meta: dict[str, Any], n: int, prompt_tokens: int,
                         include_usage: bool, want_logprobs: bool) -> AsyncIterator[dict[str, Any]]:
     """Role chunk, content deltas, one finish chunk per choice, then (optionally) the usage chunk."""
@@ -117,3 +124,4 @@ async def stream_chunks(events: AsyncIterator[Any], meta: dict[str, Any], n: int
                    "usage": usage(prompt_tokens, completion)}
     finally:
         await events.aclose()
+# --8<-- [end:stream_chunks]

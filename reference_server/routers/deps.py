@@ -15,10 +15,13 @@ from ..errors import error_body
 T = TypeVar("T")
 
 
+# --8<-- [start:get_engine]
 def get_engine(request: Request) -> Engine:
     return request.app.state.engine
+# --8<-- [end:get_engine]
 
 
+# --8<-- [start:unless_disconnected]
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | JSONResponse:
     """Awaits ``work`` (a non-streamed generation) but abandons it if the client hangs up.
 
@@ -40,3 +43,4 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | JSONR
         return result["value"]
     # 499 "client closed request" (nginx's convention); nobody is there to read it.
     return JSONResponse(error_body("Client closed the request.", "invalid_request_error"), status_code=499)
+# --8<-- [end:unless_disconnected]

@@ -15,6 +15,7 @@ from .models import require_model
 router = APIRouter()
 
 
+# --8<-- [start:texts]
 def _texts(engine: Engine, data: Any) -> tuple[list[str], int]:
     """Inputs as text plus their token count; token-id inputs are decoded back to text.
 
@@ -44,8 +45,10 @@ def _texts(engine: Engine, data: Any) -> tuple[list[str], int]:
         texts.append(text)
         total += count
     return texts, total
+# --8<-- [end:texts]
 
 
+# --8<-- [start:create_embedding]
 @router.post("/embeddings")
 async def create_embedding(body: CreateEmbeddingRequest, engine: Engine = Depends(get_engine)) -> dict[str, Any]:
     engine.require_ready()
@@ -62,3 +65,4 @@ async def create_embedding(body: CreateEmbeddingRequest, engine: Engine = Depend
             "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
             "model": engine.model_id,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+# --8<-- [end:create_embedding]

@@ -12,7 +12,9 @@ from .deps import get_engine
 router = APIRouter()
 
 
+# --8<-- [start:health]
 @router.get("/health")
 async def health(engine: Engine = Depends(get_engine)) -> dict[str, Any]:
     engine.require_ready()
     return {"status": "ok", "model": engine.model_id, "queue_depth": engine.queue_depth}
+# --8<-- [end:health]

@@ -17,15 +17,19 @@ def model_object(engine: Engine) -> dict[str, Any]:
     return {"id": engine.model_id, "object": "model", "created": engine.created, "owned_by": "local"}
 
 
+# --8<-- [start:require_model]
 def require_model(engine: Engine, requested: str) -> None:
     """Unknown names are refused with 404, never silently mapped to the loaded model."""
     if requested != engine.model_id:
         raise errors.model_not_found(requested)
+# --8<-- [end:require_model]
 
 
+# --8<-- [start:list_models]
 @router.get("/models")
 async def list_models(engine: Engine = Depends(get_engine)) -> dict[str, Any]:
     return {"object": "list", "data": [model_object(engine)]}
+# --8<-- [end:list_models]
 
 
 @router.get("/models/{model_id:path}")

@@ -137,8 +137,8 @@ class ResponseFormatJsonSchema(_Part):
 
 
 ResponseFormat = Annotated[Union[ResponseFormatText, ResponseFormatJsonObject, ResponseFormatJsonSchema],
-# --8<-- [end:tools_protocol]
                            Field(discriminator="type")]
+# --8<-- [end:tools_protocol]
 
 
 # ---- shared sampling parameters ----------------------------------------------------------------

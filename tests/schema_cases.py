@@ -1,0 +1,164 @@
+"""Counter-examples: valid examples of ``schemas/`` with one pitfall each.
+
+Each case starts from an example of the schema (so the base is known to be valid) and
+changes a few fields; ``path`` is where the problem must be reported. ``differs`` names the
+deliberate difference (see ``DIFFERENCES`` in test_schemas.py) when OpenAI's spec would accept
+what we refuse. The spec's own verdict is never written here: the test computes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import schemas
+
+DROP = object()  # as a new value: remove the field
+
+
+def _keys(path: str) -> list[str | int]:
+    return [int(i) if i else k for i, k in re.findall(r"\[(\d+)\]|([^.\[\]]+)", path)]
+
+
+def changed(instance: Any, changes: dict[str, Any]) -> Any:
+    """A copy of ``instance`` with each path set to its value; the path ``$`` replaces it all."""
+    out = copy.deepcopy(instance)
+    for path, value in changes.items():
+        if path == "$":
+            out = copy.deepcopy(value)
+            continue
+        *parents, last = _keys(path)
+        target = out
+        for key in parents:
+            target = target[key]
+        if value is DROP:
+            del target[last]
+        else:
+            target[last] = copy.deepcopy(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Bad:
+    schema: str
+    pitfall: str
+    changes: dict[str, Any]
+    path: str
+    says: str = ""  # a phrase the problem at ``path`` must contain
+    differs: str | None = None
+    example: int = 0
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.schema}: {self.pitfall}")
+
+    def instance(self) -> Any:
+        return changed(schemas.load(self.schema)["examples"][self.example], self.changes)
+
+
+FIVE_STOPS = ["a", "b", "c", "d", "e"]
+
+CASES = [
+    # ---- chat completion ----------------------------------------------------------------------
+    Bad("chat_completion_response", "usage missing", {"usage": DROP}, "usage", differs="usage_required"),
+    Bad("chat_completion_response", "finish_reason in capitals", {"choices[0].finish_reason": "STOP"},
+        "choices[0].finish_reason", says="'STOP' is not one of 'stop'"),
+    Bad("chat_completion_response", "finish_reason renamed finishReason",
+        {"choices[0].finish_reason": DROP, "choices[0].finishReason": "stop"},
+        "choices[0]", says="did you mean 'finish_reason'"),
+    Bad("chat_completion_response", "optional field in camelCase", {"system_fingerprint": DROP, "systemFingerprint": "fp_2d711642b7"},
+        "$", says="did you mean 'system_fingerprint'", differs="closed_objects"),
+    Bad("chat_completion_response", "object of a chunk", {"object": "chat.completion.chunk"}, "object"),
+    Bad("chat_completion_response", "created as a string", {"created": "1795428252"}, "created"),
+    Bad("chat_completion_response", "message role user", {"choices[0].message.role": "user"}, "choices[0].message.role"),
+    Bad("chat_completion_response", "content null without tool_calls", {"choices[0].message.content": None},
+        "choices[0].message.content", says="only when the message carries tool_calls", differs="content_needs_tool_calls"),
+    Bad("chat_completion_response", "content null with an empty tool_calls list",
+        {"choices[0].message.tool_calls": []}, "choices[0].message.content", example=1,
+        differs="content_needs_tool_calls"),
+    Bad("chat_completion_response", "content missing", {"choices[0].message.content": DROP}, "choices[0].message.content"),
+    Bad("chat_completion_response", "logprobs omitted instead of null", {"choices[0].logprobs": DROP}, "choices[0].logprobs"),
+    Bad("chat_completion_response", "negative token count",
+        {"usage": {"prompt_tokens": -1, "completion_tokens": 10, "total_tokens": 9}}, "usage.prompt_tokens",
+        differs="usage_arithmetic"),
+    Bad("chat_completion_response", "total_tokens is not the sum", {"usage.total_tokens": 40}, "usage.total_tokens",
+        says="31 + 10 = 41", differs="usage_arithmetic"),
+    Bad("chat_completion_response", "usage in camelCase",
+        {"usage": {"promptTokens": 31, "completionTokens": 10, "totalTokens": 41}}, "usage.prompt_tokens"),
+    Bad("chat_completion_response", "tool arguments as an object, not a JSON string",
+        {"choices[0].message.tool_calls[0].function.arguments": {"city": "Paris"}},
+        "choices[0].message.tool_calls[0].function.arguments", example=1),
+    Bad("chat_completion_response", "tool call type tool", {"choices[0].message.tool_calls[0].type": "tool"},
+        "choices[0].message.tool_calls[0].type", example=1),
+    Bad("chat_completion_response", "stream delta instead of message",
+        {"choices[0].delta": {"content": "Hi"}, "choices[0].message": DROP}, "choices[0].message"),
+    # ---- chat chunks --------------------------------------------------------------------------
+    Bad("chat_completion_chunk", "delta is a string", {"choices[0].delta": "Hello"}, "choices[0].delta", example=1),
+    Bad("chat_completion_chunk", "delta content is a number", {"choices[0].delta.content": 42},
+        "choices[0].delta.content", example=1),
+    Bad("chat_completion_chunk", "message instead of delta",
+        {"choices[0].message": {"role": "assistant", "content": "Hello"}, "choices[0].delta": DROP},
+        "choices[0].delta", example=1),
+    Bad("chat_completion_chunk", "object of a full response", {"object": "chat.completion"}, "object"),
+    Bad("chat_completion_chunk", "finish_reason capitalised", {"choices[0].finish_reason": "Stop"},
+        "choices[0].finish_reason", says="'Stop' is not one of", example=2),
+    Bad("chat_completion_chunk", "unknown role in delta", {"choices[0].delta.role": "bot"}, "choices[0].delta.role"),
+    Bad("chat_completion_chunk", "tool call piece without index",
+        {"choices[0].delta.tool_calls[0].index": DROP}, "choices[0].delta.tool_calls[0].index", example=5),
+    Bad("chat_completion_chunk", "usage chunk with incomplete usage", {"usage": {"prompt_tokens": 31, "total_tokens": 41}},
+        "usage.completion_tokens", example=3),
+    Bad("chat_completion_chunk", "usage chunk total is not the sum", {"usage.total_tokens": 42}, "usage.total_tokens",
+        example=3, differs="usage_arithmetic"),
+    # ---- legacy completions -------------------------------------------------------------------
+    Bad("completion_response", "usage missing", {"usage": DROP}, "usage", differs="usage_required"),
+    Bad("completion_response", "finish_reason tool_calls on the legacy endpoint",
+        {"choices[0].finish_reason": "tool_calls"}, "choices[0].finish_reason"),
+    Bad("completion_response", "chat-shaped choice", {"choices[0].text": DROP, "choices[0].message": {"role": "assistant", "content": "x"}},
+        "choices[0].text"),
+    Bad("completion_response", "object of the chat endpoint", {"object": "chat.completion"}, "object"),
+    Bad("completion_chunk", "finish_reason in capitals", {"choices[0].finish_reason": "STOP"}, "choices[0].finish_reason",
+        example=1),
+    Bad("completion_chunk", "text null", {"choices[0].text": None}, "choices[0].text", example=1),
+    # ---- embeddings ---------------------------------------------------------------------------
+    Bad("embedding_response", "usage missing", {"usage": DROP}, "usage"),
+    Bad("embedding_response", "vector of strings", {"data[0].embedding": ["0.0123", "-0.0456"]}, "data[0].embedding[0]"),
+    Bad("embedding_response", "envelope object 'embedding'", {"object": "embedding"}, "object"),
+    Bad("embedding_response", "embedding is a bare array, no envelope", {"$": [[0.0123, -0.0456]]}, "$"),
+    # ---- models -------------------------------------------------------------------------------
+    Bad("model", "owned_by missing", {"owned_by": DROP}, "owned_by"),
+    Bad("model", "created as an ISO date", {"created": "2026-11-23T10:00:00Z"}, "created"),
+    Bad("model_list", "object 'models'", {"object": "models"}, "object"),
+    Bad("model_list", "data is an object", {"data": {"SmolLM2-135M-Instruct": {}}}, "data"),
+    Bad("model_list", "a listed model without object", {"data[0].object": DROP}, "data[0].object"),
+    # ---- errors -------------------------------------------------------------------------------
+    Bad("error", "param missing", {"error.param": DROP}, "error.param", example=2),
+    Bad("error", "FastAPI's detail instead of the envelope", {"$": {"detail": "Not Found"}}, "error"),
+    Bad("error", "code as the HTTP status", {"error.code": 404}, "error.code"),
+    Bad("error", "message missing", {"error.message": DROP}, "error.message"),
+    # ---- request bodies -----------------------------------------------------------------------
+    Bad("chat_completion_request", "temperature above 2", {"temperature": 2.5}, "temperature"),
+    Bad("chat_completion_request", "top_p above 1", {"top_p": 1.5}, "top_p"),
+    Bad("chat_completion_request", "n of 0", {"n": 0}, "n"),
+    Bad("chat_completion_request", "presence_penalty below -2", {"presence_penalty": -3}, "presence_penalty"),
+    Bad("chat_completion_request", "five stop sequences", {"stop": FIVE_STOPS}, "stop", says="at most 4"),
+    Bad("chat_completion_request", "no messages", {"messages": []}, "messages"),
+    Bad("chat_completion_request", "messages missing", {"messages": DROP}, "messages"),
+    Bad("chat_completion_request", "unknown role", {"messages[0].role": "bot"}, "messages[0].role"),
+    Bad("chat_completion_request", "user content null", {"messages[0].content": None}, "messages[0].content"),
+    Bad("chat_completion_request", "tool message without tool_call_id", {"messages[2].tool_call_id": DROP},
+        "messages[2].tool_call_id", example=2),
+    Bad("chat_completion_request", "assistant message with neither content nor tool_calls",
+        {"messages[1].tool_calls": DROP}, "messages[1].content", example=2, differs="content_needs_tool_calls"),
+    Bad("chat_completion_request", "camelCase maxTokens", {"max_tokens": DROP, "maxTokens": 32}, "$",
+        says="did you mean 'max_tokens'", differs="closed_objects"),
+    Bad("chat_completion_request", "top_logprobs above 20", {"top_logprobs": 21}, "top_logprobs", example=3),
+    Bad("completion_request", "prompt missing", {"prompt": DROP}, "prompt"),
+    Bad("completion_request", "logprobs as a boolean (the chat form)", {"logprobs": True}, "logprobs", example=1),
+    Bad("completion_request", "logprobs above 5", {"logprobs": 6}, "logprobs", example=1),
+    Bad("completion_request", "best_of above 20", {"best_of": 21}, "best_of"),
+    Bad("embedding_request", "encoding_format binary", {"encoding_format": "binary"}, "encoding_format", example=1),
+    Bad("embedding_request", "empty input list", {"input": []}, "input"),
+    Bad("embedding_request", "camelCase encodingFormat", {"encodingFormat": "float"}, "$", says="did you mean 'encoding_format'"),
+]

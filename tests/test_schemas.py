@@ -1,0 +1,391 @@
+"""schemas/: valid JSON Schemas, examples that pass, pitfalls refused by name, and proof that our
+verdicts are OpenAI's, except for a short list of deliberate differences, each with its reason.
+
+OpenAI's official spec enters through ``schema_cases/openai_spec_subset.json``: the components of
+openapi.yaml that our schemas correspond to, and everything they reference, copied unmodified (the
+full file is 3 MB of YAML and not part of this repository). ``python tests/test_schemas.py
+openapi.yaml`` regenerates it; a test checks that it still matches the full spec when the
+full spec is at hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+import schemas
+from schema_cases import CASES, Bad
+from schemas import __main__ as cli
+from schemas import validation
+
+HERE = Path(__file__).parent
+SUBSET = HERE / "schema_cases" / "openai_spec_subset.json"
+FULL_SPEC = Path(os.environ.get("OPENAI_OPENAPI_SPEC", "/work/shared/spec/openai-openapi.yaml"))
+SPEC_URI = "https://openai.local/openapi.json"
+
+COMPONENTS = {
+    "chat_completion_request": "CreateChatCompletionRequest",
+    "chat_completion_response": "CreateChatCompletionResponse",
+    "chat_completion_chunk": "CreateChatCompletionStreamResponse",
+    "completion_request": "CreateCompletionRequest",
+    "completion_response": "CreateCompletionResponse",
+    "completion_chunk": "CreateCompletionResponse",  # the spec uses one component for both
+    "embedding_request": "CreateEmbeddingRequest",
+    "embedding_response": "CreateEmbeddingResponse",
+    "model": "Model",
+    "model_list": "ListModelsResponse",
+    "error": "ErrorResponse",
+}
+
+
+# ---- the deliberate differences ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Difference:
+    stricter: bool  # True: we refuse what the spec accepts; False: we accept what it refuses
+    reason: str
+
+
+DIFFERENCES = {
+    "usage_required": Difference(True, (
+        "The spec makes usage optional on chat and legacy completion responses. Every non-streamed "
+        "OpenAI response carries it, and clients read it unchecked to count cost and context: a server "
+        "that omits it passes the spec and breaks them. Stream chunks keep it optional.")),
+    "usage_arithmetic": Difference(True, (
+        "The spec types token counts as bare integers, so -1 tokens, or a total_tokens that is not "
+        "prompt_tokens + completion_tokens, pass. Counts are never negative (minimum: 0); the sum "
+        "compares two fields, which JSON Schema cannot express, so schemas.validate checks it in code.")),
+    "closed_objects": Difference(True, (
+        "The spec leaves objects open (only the embedding request says additionalProperties: false), so "
+        "any extra field passes. Ours are closed: a camelCase systemFingerprint in a response is a field "
+        "no client will ever read, and an unknown request field such as maxTokens must be refused, as "
+        "OpenAI does ('Unrecognized request argument supplied'), not silently ignored with its limit.")),
+    "content_needs_tool_calls": Difference(True, (
+        "The spec lets an assistant message's content be null in any case (refusals and audio answers, "
+        "which a local model never produces). Without tool_calls, a null content is a server bug that "
+        "crashes clients calling content.strip(); in a request, such a message says nothing.")),
+    "base64_embeddings": Difference(False, (
+        "The spec's request offers encoding_format: 'base64', yet its response types embedding as a "
+        "float array only. The API then sends a base64 string, and the official Python client asks for "
+        "base64 by default (openai/lib/_parsing/_embeddings.py): refusing it would refuse the most "
+        "common real response.")),
+    "legacy_stream_nulls": Difference(False, (
+        "The spec describes legacy completion chunks with the non-streamed component, whose finish_reason "
+        "and usage are never null. In a stream, finish_reason is null until a choice's last chunk, and "
+        "with include_usage every chunk has usage: null, exactly as in chat; completion_chunk says so.")),
+}
+
+# Valid examples that the spec refuses (looser differences show on valid data, not on counter-examples).
+EXAMPLE_DIFFERENCES = {
+    "embedding_response/examples[1]": "base64_embeddings",
+    "completion_chunk/examples[0]": "legacy_stream_nulls",
+    "completion_chunk/examples[2]": "legacy_stream_nulls",
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One value to judge with both our schema and OpenAI's, and the difference it shows, if any.
+
+    For a counter-example, ``base`` is the valid example it was made from and ``path`` the field it
+    breaks: the spec must accept the base and, when it refuses, refuse at the same place, so that
+    both verdicts are about the one change.
+    """
+
+    id: str
+    schema: str
+    instance: Any
+    differs: str | None
+    base: Any = None
+    path: str | None = None
+
+
+EXAMPLES = [Verdict(f"{name}/examples[{i}]", name, example, EXAMPLE_DIFFERENCES.get(f"{name}/examples[{i}]"))
+            for name in schemas.names() for i, example in enumerate(schemas.load(name)["examples"])]
+VERDICTS = EXAMPLES + [Verdict(case.id, case.schema, case.instance(), case.differs,
+                               schemas.load(case.schema)["examples"][case.example], case.path) for case in CASES]
+
+
+# ---- OpenAI's spec as JSON Schema ---------------------------------------------------------------
+
+def extract_subset(spec: dict[str, Any], spec_bytes: bytes) -> dict[str, Any]:
+    """The components COMPONENTS names and all they reference, unmodified, with their provenance."""
+    every = spec["components"]["schemas"]
+    wanted, todo = set(), list(COMPONENTS.values())
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.add(name)
+            todo += [ref.rsplit("/", 1)[-1] for ref in _refs(every[name])]
+    return {
+        "x-source": {"file": "openapi.yaml of github.com/openai/openai-openapi",
+                     "version": spec["info"]["version"], "sha256": hashlib.sha256(spec_bytes).hexdigest(),
+                     "regenerate": "python tests/test_schemas.py PATH/TO/openapi.yaml"},
+        "components": {"schemas": {name: every[name] for name in sorted(wanted)}},
+    }
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return ([node["$ref"]] if "$ref" in node else []) + [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+def nullable_as_json_schema(node: Any) -> Any:
+    """OpenAPI 3.0's ``nullable: true``, still used across the 3.1 spec, means "or null"; JSON Schema
+    ignores the unknown keyword and would refuse null. Rewritten as ``anyOf: [schema, null]``, which
+    also covers schemas without a ``type`` (a bare oneOf) and enums that do not list null.
+    ``discriminator`` and ``x-*`` need nothing: a JSON Schema validator ignores unknown keywords, and
+    each oneOf branch pins its discriminating property with an enum anyway. ``format`` is an annotation.
+    """
+    if isinstance(node, list):
+        return [nullable_as_json_schema(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: nullable_as_json_schema(v) for k, v in node.items() if not (k == "nullable" and isinstance(v, bool))}
+    return {"anyOf": [out, {"type": "null"}]} if node.get("nullable") is True else out
+
+
+def spec_validators(document: dict[str, Any]) -> dict[str, Draft202012Validator]:
+    resource = Resource.from_contents(document, default_specification=DRAFT202012)
+    registry = Registry().with_resource(SPEC_URI, resource)
+    return {name: Draft202012Validator({"$ref": f"{SPEC_URI}#/components/schemas/{component}"}, registry=registry)
+            for name, component in COMPONENTS.items()}
+
+
+@pytest.fixture(scope="session")
+def subset() -> dict[str, Any]:
+    return json.loads(SUBSET.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def openai(subset: dict[str, Any]) -> dict[str, Draft202012Validator]:
+    """Validators for OpenAI's components, built once per session."""
+    return spec_validators(nullable_as_json_schema(subset))
+
+
+# ---- the schemas themselves ----------------------------------------------------------------------
+
+NOT_API = {"common", "checkpoint_record"}  # shared parts; course machinery (coursekit's checkpoint log)
+
+
+def test_names_match_the_files() -> None:
+    """An API schema file that names() does not list would never be checked, nor its examples run."""
+    on_disk = {p.name.removesuffix(".schema.json") for p in Path(schemas.__file__).parent.glob("*.schema.json")}
+    assert on_disk == {*schemas.names(), *NOT_API}
+
+
+@pytest.mark.parametrize("name", [*schemas.names(), "common"])
+def test_schema_is_valid_draft_2020_12(name: str) -> None:
+    schema = schemas.load(name)
+    Draft202012Validator.check_schema(schema)
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"{schemas.BASE_URI}{name}.schema.json"
+    assert schema["title"] and len(schema["description"]) > 80, "the description should teach the pitfall"
+    assert name == "common" or schema["examples"], "an object without examples has nothing to show the course"
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda v: v.id)
+def test_example_is_valid(example: Verdict) -> None:
+    assert schemas.validate(example.instance, example.schema) == []
+
+
+def test_refs_stay_inside_the_registry() -> None:
+    """A $ref to a file that does not exist must fail loudly, not fetch anything."""
+    from referencing.exceptions import Unresolvable
+
+    with pytest.raises(Unresolvable):
+        schemas.registry().resolver(schemas.BASE_URI).lookup("nowhere.schema.json")
+
+
+# ---- counter-examples ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_counter_example_is_refused_where_it_is_wrong(case: Bad) -> None:
+    problems = schemas.validate(case.instance(), case.schema)
+    at_path = [p for p in problems if p.path == case.path]
+    assert at_path, f"expected a problem at {case.path}, got: {[str(p) for p in problems]}"
+    assert all(str(p).startswith(p.path + ": ") and p.expected and p.found for p in problems)
+    assert any(case.says in str(p) for p in at_path), f"{case.says!r} not in {[str(p) for p in at_path]}"
+
+
+def test_problems_say_expected_and_found_in_plain_words() -> None:
+    bad = {"id": "x", "object": "chat.completion", "created": 1, "model": "m", "usage": {"prompt_tokens": 1,
+           "completion_tokens": 1, "total_tokens": 2},
+           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi", "refusal": None},
+                        "logprobs": None, "finish_reason": "STOP", "finishReason": "stop"}]}
+    assert [(p.path, p.message, p.expected, p.found) for p in schemas.validate(bad, "chat_completion_response")] == [
+        ("choices[0]", "choices[0]: unexpected field 'finishReason' (fields are snake_case: did you mean "
+         "'finish_reason'?)", "only the fields 'index', 'message', 'logprobs', 'finish_reason'", "field 'finishReason'"),
+        ("choices[0].finish_reason", "choices[0].finish_reason: 'STOP' is not one of 'stop', 'length', "
+         "'tool_calls', 'content_filter', 'function_call'",
+         "one of 'stop', 'length', 'tool_calls', 'content_filter', 'function_call'", "a string 'STOP'"),
+    ]
+
+
+def test_any_of_reports_the_branch_that_fits_not_every_branch() -> None:
+    """usage is "an object or null": for a broken object, the object's problems are the useful ones."""
+    chunk = schemas.load("chat_completion_chunk")["examples"][3]
+    chunk["usage"] = {"prompt_tokens": "31", "total_tokens": 41}
+    assert [str(p) for p in schemas.validate(chunk, "chat_completion_chunk")] == [
+        "usage.completion_tokens: required field is missing",
+        "usage.prompt_tokens: expected an integer, found a string '31'",
+    ]
+
+
+def test_problems_are_sorted_by_path_with_numeric_indexes() -> None:
+    response = schemas.load("chat_completion_response")["examples"][2]
+    choices = [dict(response["choices"][0], index=i) for i in range(11)]
+    for choice in (choices[10], choices[2]):
+        choice["finish_reason"] = "eos"
+    paths = [p.path for p in schemas.validate(dict(response, choices=choices), "chat_completion_response")]
+    assert paths == ["choices[2].finish_reason", "choices[10].finish_reason"]
+
+
+def test_check_raises_with_every_problem() -> None:
+    with pytest.raises(schemas.SchemaError) as raised:
+        schemas.check({"error": {"message": "x", "type": "server_error"}}, "error")
+    assert isinstance(raised.value, ValueError)
+    assert str(raised.value).splitlines() == [str(p) for p in raised.value.problems] == [
+        "error.code: required field is missing", "error.param: required field is missing"]
+    assert schemas.check(schemas.load("error")["examples"][0], "error") is None
+
+
+def test_unknown_schema_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="chat_completion_response"):
+        schemas.validate({}, "chat_completion")
+
+
+def test_validators_are_built_once() -> None:
+    """Every server response of the test suite goes through validate: no schema work per call."""
+    schemas.validate({}, "model")
+    assert validation._validator("model") is validation._validator("model")
+    assert validation.registry() is validation.registry()
+
+
+def test_package_docstring_example_runs() -> None:
+    import doctest
+
+    assert doctest.testmod(schemas).failed == 0 and doctest.testmod(schemas).attempted > 0
+
+
+def test_load_returns_a_copy() -> None:
+    schemas.load("model")["properties"].clear()
+    assert schemas.validate({"id": "m", "object": "model", "created": 1, "owned_by": "me", "x": 1}, "model")
+
+
+# ---- agreement with OpenAI's spec ----------------------------------------------------------------
+
+@pytest.mark.parametrize("verdict", VERDICTS, ids=lambda v: v.id)
+def test_verdict_agrees_with_openai_spec(verdict: Verdict, openai: dict[str, Draft202012Validator]) -> None:
+    problems = schemas.validate(verdict.instance, verdict.schema)
+    spec_errors = list(openai[verdict.schema].iter_errors(verdict.instance))
+    ours, theirs = not problems, not spec_errors
+    if verdict.differs is None:
+        assert ours == theirs, (f"ours: {[str(p) for p in problems] or 'valid'}; the spec: "
+                                f"{best_match(spec_errors).message if spec_errors else 'valid'}")
+    else:
+        stricter = DIFFERENCES[verdict.differs].stricter
+        assert (ours, theirs) == (not stricter, stricter), (
+            f"listed as deliberate difference {verdict.differs!r}, but both say {'valid' if ours else 'invalid'}: "
+            "remove it from the list")
+    if verdict.base is not None:
+        assert openai[verdict.schema].is_valid(verdict.base), "a counter-example must start from a spec-valid example"
+    if verdict.path is not None and spec_errors:
+        spec_paths = [validation._path(e.absolute_path) for e in spec_errors]
+        assert any(_same_place(verdict.path, p) for p in spec_paths), f"the spec refuses elsewhere: {spec_paths}"
+
+
+def _same_place(ours: str, theirs: str) -> bool:
+    """One path contains the other: the spec may stop at the object whose field we name, or go deeper."""
+    short, long = sorted((ours, theirs), key=len)
+    return short in ("$", long) or long.startswith((short + ".", short + "["))
+
+
+def test_every_listed_difference_is_shown_by_a_case() -> None:
+    """A reason nobody can observe is not a difference any more: the list must stay short and true."""
+    used = {v.differs for v in VERDICTS if v.differs}
+    assert used == set(DIFFERENCES)
+
+
+def test_nullable_rewrite_is_needed(subset: dict[str, Any]) -> None:
+    """Without the rewrite, the spec would refuse OpenAI's own stream chunks (usage: null)."""
+    chunk = schemas.load("chat_completion_chunk")["examples"][2]
+    assert chunk["usage"] is None
+    assert not spec_validators(subset)["chat_completion_chunk"].is_valid(chunk)
+    assert spec_validators(nullable_as_json_schema(subset))["chat_completion_chunk"].is_valid(chunk)
+
+
+def test_spec_subset_matches_the_full_spec(subset: dict[str, Any]) -> None:
+    if not FULL_SPEC.exists():
+        pytest.skip(f"the full spec is not at {FULL_SPEC} (set OPENAI_OPENAPI_SPEC)")
+    yaml = pytest.importorskip("yaml")
+    raw = FULL_SPEC.read_bytes()
+    spec = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    assert extract_subset(spec, raw) == subset, f"regenerate: python tests/test_schemas.py {FULL_SPEC}"
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+def test_cli_validates_a_good_and_a_bad_file(tmp_path: Path) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    response = schemas.load("chat_completion_response")["examples"][0]
+    good.write_text(json.dumps(response))
+    bad.write_text(json.dumps(dict(response, usage=None, object="chat.completion.chunk")))
+    # Both at once: each start-up imports jsonschema (about a second).
+    ok, refused = [subprocess.Popen([sys.executable, "-m", "schemas", "validate", str(f), "--schema",
+                                     "chat_completion_response"], stdout=subprocess.PIPE, text=True, cwd=HERE.parent)
+                   for f in (good, bad)]
+    assert (ok.communicate(timeout=60)[0], ok.returncode) == ("OK: valid chat_completion_response\n", 0)
+    assert (refused.communicate(timeout=60)[0].splitlines(), refused.returncode) == ([
+        "object: expected 'chat.completion', found a string 'chat.completion.chunk'",
+        "usage: expected an object, found null",
+    ], 1)
+
+
+def _main(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, stdin: str, *args: str) -> tuple[int, str]:
+    """The same entry point in-process, for the input forms."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = cli.main(list(args))
+    return code, capsys.readouterr().out
+
+
+def test_cli_reads_stdin_arrays_and_event_streams(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    chunks = schemas.load("chat_completion_chunk")["examples"]
+    assert _main(capsys, monkeypatch, json.dumps(chunks), "validate", "-", "--each", "--schema",
+                 "chat_completion_chunk") == (0, f"OK: valid chat_completion_chunk ({len(chunks)} items)\n")
+
+    broken = {"error": {"message": "The server had an error.", "type": "server_error"}}
+    stream = "".join(f"data: {json.dumps(c)}\n\n" for c in [chunks[0], broken]) + "data: [DONE]\n\n"
+    assert _main(capsys, monkeypatch, stream, "validate", "-", "--schema", "chat_completion_chunk") == (
+        1, "[1] error.code: required field is missing\n[1] error.param: required field is missing\n")
+
+    assert _main(capsys, monkeypatch, "{", "validate", "-", "--schema", "model")[0] == 2
+    code, out = _main(capsys, monkeypatch, "", "list")
+    assert (code, out.split()) == (0, schemas.names())
+
+
+if __name__ == "__main__":  # python tests/test_schemas.py PATH/TO/openapi.yaml
+    import yaml
+
+    raw = Path(sys.argv[1]).read_bytes()
+    spec = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    SUBSET.parent.mkdir(exist_ok=True)
+    SUBSET.write_text(json.dumps(extract_subset(spec, raw), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {SUBSET}")

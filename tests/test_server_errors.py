@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import EOG_TOKENS, MODEL, N_CTX, start_server
-from reference_server import Settings, create_app
+from reference_server import create_app
 from reference_server.engine import Engine
 
 CHAT = "/v1/chat/completions"

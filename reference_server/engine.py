@@ -261,14 +261,15 @@ class Engine:
         from llama_cpp.llama_grammar import LlamaGrammar
 
         llm = self._llm
-        bias = None
+        processors = None
         if p.logit_bias:
             ids = np.fromiter(p.logit_bias.keys(), dtype=np.intc)
             values = np.fromiter(p.logit_bias.values(), dtype=np.single)
 
-            def bias(_input_ids: Any, scores: np.ndarray) -> np.ndarray:
+            def add_bias(_input_ids: Any, scores: np.ndarray) -> np.ndarray:
                 scores[ids] += values
                 return scores
+            processors = [add_bias]
 
         # --8<-- [start:token_loop]
         for index in range(p.n):
@@ -286,7 +287,7 @@ class Engine:
                 prompt, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
                 repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
                 presence_penalty=p.presence_penalty, reset=True, grammar=grammar,
-                logits_processor=[bias] if bias else None)
+                logits_processor=processors)
             for token in tokens if budget > 0 else ():
                 if cancel.is_set():
                     self.stats["cancelled"] += 1

@@ -1,0 +1,10 @@
+"""Course machinery, kept apart from the server so the server stays copyable on its own.
+
+* ``coursekit.generate``: labs/ from solutions/ (``python -m coursekit labs``);
+* ``coursekit.checks`` and ``coursekit.labchecks``: checks that speak to the learner;
+* ``coursekit.checkpoint``: the checkpoint log (``machine_info()`` is reusable on its own);
+* ``coursekit.report``: ``coursekit checkpoint show|compare|merge``;
+* ``coursekit.model``: the embedded model, loaded quietly for notebooks.
+
+Nothing is imported here, so ``from coursekit.checkpoint import machine_info`` stays light.
+"""

@@ -1,0 +1,144 @@
+"""The labs, validated both ways (as nbgrader advises).
+
+* labs/ is exactly what the generator makes of solutions/ (regenerate, then diff);
+* an unsolved lab, run top to bottom, fails in every check cell and nowhere else;
+* a solution runs without any error and appends a valid checkpoint record.
+
+New solutions (labs 4-7) are picked up automatically. nbval also runs solutions/ and compares
+the outputs of cells marked ``# NBVAL_CHECK_OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from coursekit import checkpoint
+from coursekit.generate import CHECK_TAG, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
+CELL_TIMEOUT = 120  # seconds; the slowest cell (first model call on a busy machine) takes a few
+
+
+def _id(path: Path) -> str:
+    return path.stem
+
+
+def execute(path: Path) -> nbformat.NotebookNode:
+    """Runs a notebook as Jupyter would, in its own folder, keeping going after errors."""
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True, record_timing=False,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+def errors(nb: nbformat.NotebookNode) -> dict[str, dict]:
+    """cell id -> its error output."""
+    return {cell.get("id", str(i)): out for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            for out in cell.outputs if out.output_type == "error"}
+
+
+def check_cells(nb: nbformat.NotebookNode) -> list[str]:
+    return [cell.get("id") for cell in nb.cells
+            if cell.cell_type == "code" and CHECK_TAG in cell.metadata.get("tags", [])]
+
+
+def stderr_outputs(nb: nbformat.NotebookNode) -> list[str]:
+    return [f"{cell.get('id')}: {out.text[:300]!r}" for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.outputs if out.output_type == "stream" and out.name == "stderr"]
+
+
+def records(log: Path) -> list[dict]:
+    assert log.exists(), f"no checkpoint log was written at {log}"
+    found, problems = checkpoint.read_log(log)
+    assert not problems, problems
+    return found
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("labs")
+    generate(ROOT / "solutions", out, root=ROOT)
+    return out
+
+
+def test_there_are_solutions() -> None:
+    assert len(SOLUTIONS) >= 3, "solutions/ lost its notebooks"
+
+
+def test_labs_and_solutions_pair_up() -> None:
+    labs = {p.name for p in (ROOT / "labs").glob("*.ipynb")}
+    assert labs == {p.name for p in SOLUTIONS}, "every solution needs its generated lab, and nothing else"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
+def test_lab_is_generated_from_its_solution(solution: Path, generated: Path) -> None:
+    committed = (ROOT / "labs" / solution.name).read_bytes()
+    assert (generated / solution.name).read_bytes() == committed, (
+        f"labs/{solution.name} is not what solutions/{solution.name} generates: "
+        "run `python -m coursekit labs` and commit the result")
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
+def test_solution_follows_the_lab_conventions(solution: Path) -> None:
+    nb = nbformat.read(solution, as_version=4)
+    number = solution.stem[:2]
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and re.search(rf"\]\(\.\./course/{number}-[a-z0-9-]+\.md\)", first.source), \
+        "the first cell must link to the lab's chapter: ](../course/NN-name.md)"
+    assert check_cells(nb), "a lab needs check cells (tag 'check')"
+    sources = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    assert f'checkpoint.record(lab="{solution.stem}"' in sources, "the lab must end with its checkpoint cell"
+    assert "### BEGIN SOLUTION" in sources, "a solution without solution regions gives a lab with nothing to do"
+    assert "# NBVAL_CHECK_OUTPUT" not in (ROOT / "labs" / solution.name).read_text(encoding="utf-8")
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in cell.source:
+            assert cell.execution_count is not None and cell.outputs, \
+                f"cell {cell.get('id')} is compared by nbval, so the solution must store its output"
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
+def test_unsolved_lab_fails_only_in_its_checks(solution: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
+    nb = execute(ROOT / "labs" / solution.name)
+    failed, checks = errors(nb), check_cells(nb)
+    unexpected = {cid: f"{e.ename}: {e.evalue[:200]}" for cid, e in failed.items() if cid not in checks}
+    assert not unexpected, f"cells that are not checks raised in the unsolved lab: {unexpected}"
+    passing = [cid for cid in checks if cid not in failed]
+    assert not passing, f"check cells that pass on the unsolved lab (they check nothing): {passing}"
+    for cid in checks:
+        error = failed[cid]
+        assert error.ename == "LabCheckFailed", f"{cid} crashed instead of giving feedback: {error.ename}: {error.evalue}"
+        assert error.traceback[0].startswith("❌") and not any("Traceback" in line for line in error.traceback), \
+            f"{cid} shows a traceback instead of the short message"
+        assert any(line.startswith("📖 Reread: course/") for line in error.traceback)
+    assert not stderr_outputs(nb), stderr_outputs(nb)
+    (rec,) = records(log)
+    assert rec["lab"] == solution.stem
+    assert rec["checks"]["passed"] == [] and len(rec["checks"]["failed"]) == len(checks)
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
+def test_solution_passes_and_records_a_checkpoint(solution: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
+    nb = execute(solution)
+    failed = {cid: f"{e.ename}: {e.evalue[:300]}" for cid, e in errors(nb).items()}
+    assert not failed, f"the solution raised: {failed}"
+    assert not stderr_outputs(nb), f"something wrote to stderr (llama.cpp logs?): {stderr_outputs(nb)}"
+    (rec,) = records(log)
+    assert checkpoint.validate_record(rec) == []
+    assert rec["lab"] == solution.stem
+    assert rec["checks"]["failed"] == []
+    assert len(rec["checks"]["passed"]) == len(check_cells(nb)), \
+        "each check cell should run one named check, and all of them should pass"
+    assert json.dumps(rec["observed"]) not in ("null", "{}", "[]"), "the checkpoint recorded nothing observed"

@@ -8,11 +8,14 @@ provokes a response outside the contract fails at teardown, whatever it asserted
 from __future__ import annotations
 
 import json
+import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,6 +32,11 @@ from reference_server.engine import Engine
 MODEL = "SmolLM2-135M-Instruct"
 N_CTX = 2048
 EOG_TOKENS = (0, 2, 4)  # <|endoftext|>, <|im_end|>, <reponame>: banned to force long generations
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests (and the notebook kernels they start) never write to a learner's checkpoint log."""
+    os.environ.setdefault("COURSE_CHECKPOINT_LOG", str(Path(tempfile.mkdtemp()) / "checkpoints.jsonl"))
 
 
 # ---- the contract hook -----------------------------------------------------------------------

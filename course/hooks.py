@@ -89,7 +89,11 @@ def _placeholder_uri(path: str, docs: str) -> str:
 
 
 def _notebook_nav(root: Path, folder: str, config: Any) -> list[dict[str, str]]:
-    items = {nb.name: {notebook_title(nb): f"{folder}/{nb.name}"} for nb in notebooks(root, folder)}
+    def title(nb: Path) -> str:  # solutions carry their lab's title; say which copy this is
+        text = notebook_title(nb)
+        return re.sub(r"^Lab\b", "Solution", text) if folder == "solutions" else text
+
+    items = {nb.name: {title(nb): f"{folder}/{nb.name}"} for nb in notebooks(root, folder)}
     for path in pending(config):
         name = path.removeprefix(folder + "/")
         if path.startswith(folder + "/") and name not in items:

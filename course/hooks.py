@@ -12,8 +12,8 @@ The notebooks live outside ``docs_dir`` (``labs/`` is generated from ``solutions
 * drops the CDN scripts nbconvert puts in notebook pages (MathJax, Mermaid): the site is
   built to be read offline;
 * stands in for pages that are still being written (``extra.pending`` in mkdocs.yml) with a
-  short placeholder, so the links to them hold. Once such a file exists, the build fails until
-  it is taken off the list: a placeholder can never hide a real page.
+  short placeholder, so the links to them hold. A placeholder is made only while the file is
+  missing: once it exists, the real page is used, and the list entry is merely stale.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def on_files(files: Files, config: Any) -> Files:
     docs = Path(config.docs_dir).name
     for path in pending(config):
         if (root / path).exists():
-            log.warning(f"{path} exists now: take it off 'extra: pending:' in mkdocs.yml")
+            log.info(f"{path} exists now: it can come off 'extra: pending:' in mkdocs.yml")
             continue
         uri = _placeholder_uri(path, docs)
         if files.get_file_from_path(uri) is None:

@@ -64,7 +64,7 @@ def snippet_problems(markdown: str, root: Path = ROOT) -> list[str]:
 
 def lab_link_problems(markdown: str, lab: str, root: Path = ROOT, pending: tuple[str, ...] = ()) -> list[str]:
     """A chapter links to its lab with a repository-relative link, and the lab exists (or is
-    listed as still being written, in which case it must not exist yet)."""
+    listed in mkdocs.yml as still being written)."""
     problems = []
     path = f"labs/{lab}.ipynb"
     if f"](../{path}" not in markdown:
@@ -72,8 +72,6 @@ def lab_link_problems(markdown: str, lab: str, root: Path = ROOT, pending: tuple
     exists = (root / path).is_file()
     if not exists and path not in pending:
         problems.append(f"its lab {path} does not exist")
-    if exists and path in pending:
-        problems.append(f"{path} exists: take it off 'extra: pending:' in mkdocs.yml")
     return problems
 
 
@@ -283,11 +281,6 @@ def test_chapter_links_to_its_lab(chapter):
     assert not problems, f"course/{chapter}.md: " + "; ".join(problems)
 
 
-def test_pending_pages_are_still_pending():
-    """A placeholder must never hide a real page: once the file exists, it leaves the list."""
-    done = [p for p in pending_pages() if (ROOT / p).exists()]
-    assert not done, f"these exist now; take them off 'extra: pending:' in mkdocs.yml: {done}"
-
 
 NOTEBOOKS = sorted(nb for d in NOTEBOOK_DIRS for nb in (ROOT / d).glob("*.ipynb"))
 
@@ -356,8 +349,6 @@ def test_checks_catch_breakage(tmp_path):
     (tmp_path / "labs" / "01_api_design.ipynb").write_text(json.dumps(
         {"cells": [{"cell_type": "markdown", "source": ["# Lab 1\n", "no chapter link"]}]}))
     assert not lab_link_problems("[Lab](../labs/01_api_design.ipynb)", "01_api_design", tmp_path)
-    assert lab_link_problems("[Lab](../labs/01_api_design.ipynb)", "01_api_design", tmp_path,
-                             pending=("labs/01_api_design.ipynb",))  # exists but still listed as pending
     assert chapter_link_problems(tmp_path / "labs" / "01_api_design.ipynb")
 
     course = tmp_path / "course"

@@ -282,6 +282,21 @@ def test_chapter_links_to_its_lab(chapter):
 
 
 
+CHAPTER_PARTS = ("Key insight", "## Pitfalls that break real clients", "## Local verification checkpoint",
+                 "## Exercise")
+
+
+@pytest.mark.parametrize("chapter", list(CHAPTERS))
+def test_chapter_has_every_part(chapter):
+    """Every chapter: the insight first, then the pitfalls, the checkpoint and the exercise, in order."""
+    text = (COURSE / f"{chapter}.md").read_text(encoding="utf-8")
+    positions = [text.find(part) for part in CHAPTER_PARTS]
+    missing = [part for part, at in zip(CHAPTER_PARTS, positions) if at < 0]
+    assert not missing, f"course/{chapter}.md lacks {missing}"
+    assert positions == sorted(positions), f"course/{chapter}.md: the parts are not in the order {CHAPTER_PARTS}"
+    assert text.find("Key insight") < text.find("\n## "), f"course/{chapter}.md: the key insight must come first"
+
+
 NOTEBOOKS = sorted(nb for d in NOTEBOOK_DIRS for nb in (ROOT / d).glob("*.ipynb"))
 
 

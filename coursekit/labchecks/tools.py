@@ -1,0 +1,172 @@
+"""Checks for lab 07: a forced tool call under a grammar, the client's tool loop, structured output."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from ..checks import Mismatch, Section, check, require_schema, short, type_name
+
+CALLS = Section("07-tools", "A forced call, request and response")
+LOOP = Section("07-tools", "The round trip")
+GRAMMARS = Section("07-tools", "Grammars: constraining sampling")
+STRUCTURED = Section("07-tools", "Structured outputs: `response_format`")
+SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED)
+
+MODEL_ID = "SmolLM2-135M-Instruct"
+
+
+def _response(message: Any, finish_reason: str = "tool_calls") -> dict[str, Any]:
+    return {"id": "chatcmpl-lab7", "object": "chat.completion", "created": 1748779200, "model": MODEL_ID,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+
+@check("The tool-call message", section=CALLS,
+       hint="{'role': 'assistant', 'content': None, 'refusal': None, 'tool_calls': [{'id': 'call_' + a new "
+            "hex id, 'type': 'function', 'function': {'name': name, 'arguments': arguments}}]}")
+def tool_message(tool_call_message: Callable[[str, str], Any]) -> str:
+    arguments = '{"city": "Paris", "unit": "celsius"}'
+    message = tool_call_message("get_weather", arguments)
+    if not isinstance(message, dict):
+        raise Mismatch(f"tool_call_message returned {type_name(message)}, not a message dict")
+    require_schema(_response(message), "chat_completion_response",
+                   what="a chat.completion carrying tool_call_message('get_weather', ...)")
+    details = []
+    if message.get("content") is not None:
+        details.append(f"content is {short(message.get('content'))}: with tool_calls it is null (None), not text")
+    calls = message.get("tool_calls") or []
+    if len(calls) != 1:
+        details.append(f"{len(calls)} tool calls: one call to get_weather was asked for")
+    else:
+        call = calls[0]
+        if not call["id"].startswith("call_"):
+            details.append(f"the call's id is {call['id']!r}: OpenAI's start with 'call_'")
+        elif call["id"] == (tool_call_message("get_weather", arguments).get("tool_calls") or [{}])[0].get("id"):
+            details.append("two calls got the same id: the tool message answers one call by its id, so each is new")
+        if call["function"]["name"] != "get_weather":
+            details.append(f"function.name is {call['function']['name']!r}, not 'get_weather'")
+        if call["function"]["arguments"] != arguments:
+            details.append("function.arguments should be the arguments string exactly as generated")
+    if details:
+        raise Mismatch("a valid message, but not the call that was asked for", details=details)
+    return "The tool-call message: content null, one call with a call_ id, arguments as a JSON string"
+
+
+@check("A forced tool call", section=GRAMMARS,
+       hint="when tool_choice names a tool: generate under grammar_for(tool.function.parameters), then return "
+            "chat_response(tool_call_message(name, text), 'tool_calls', usage)")
+def forced_call(http: Any, tool: dict[str, Any]) -> str:
+    import jsonschema
+
+    name = tool["function"]["name"]
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "What's the weather like in Paris today?"}],
+            "tools": [tool], "tool_choice": {"type": "function", "function": {"name": name}},
+            "max_tokens": 32, "temperature": 0}
+    r = http.post("/v1/chat/completions", json=body)
+    if r.status_code != 200:
+        raise Mismatch(f"a request forcing {name} answered {r.status_code}", details=[f"body: {r.text[:160]!r}"])
+    out = r.json()
+    require_schema(out, "chat_completion_response", what="the answer to a forced tool call")
+    choice = out["choices"][0]
+    calls = choice["message"].get("tool_calls")
+    if not calls:
+        raise Mismatch(f"the answer has no tool_calls; the model wrote text instead: "
+                       f"{short(choice['message']['content'], 80)}")
+    call = calls[0]["function"]
+    if call["name"] != name:
+        raise Mismatch(f"the call is to {call['name']!r}, not {name!r}")
+    try:
+        arguments = json.loads(call["arguments"])
+    except ValueError:
+        raise Mismatch(f"the arguments are not JSON: {call['arguments']!r}",
+                       hint="generate them under the grammar of the tool's parameters schema") from None
+    try:
+        jsonschema.validate(arguments, tool["function"]["parameters"])
+    except jsonschema.ValidationError as exc:
+        raise Mismatch(f"the arguments {call['arguments']} break the tool's schema: {exc.message}") from None
+    if choice["finish_reason"] != "tool_calls":
+        raise Mismatch(f"finish_reason is {choice['finish_reason']!r}: after a complete call it is 'tool_calls'")
+    return f"A forced tool call: {name}({call['arguments']}), valid against its schema"
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    if isinstance(message, dict):
+        return message
+    if hasattr(message, "model_dump"):  # the SDK's ChatCompletionMessage
+        return message.model_dump(exclude_none=True)
+    raise Mismatch(f"a message is {type_name(message)}, not a dict")
+
+
+@check("The tool-calling loop", section=LOOP,
+       hint="after the first reply: run the named function with json.loads(arguments), append the assistant "
+            "message (with its tool_calls) and {'role': 'tool', 'tool_call_id': call.id, 'content': "
+            "json.dumps(result)}, then ask again")
+def tool_loop(answer_with_tools: Callable[[str], Any], calls: list[Any]) -> str:
+    calls.clear()
+    out = answer_with_tools("What's the weather like in Paris today?")
+    if not isinstance(out, tuple) or len(out) != 2:
+        raise Mismatch(f"answer_with_tools returned {type_name(out)}: return (messages, final_reply)")
+    messages, final = out
+    messages = [_as_dict(m) for m in messages]
+    roles = [m.get("role") for m in messages]
+    if roles != ["user", "assistant", "tool"]:
+        raise Mismatch(f"the conversation's roles are {roles}: expected user, assistant (the call), tool "
+                       "(its result)")
+    made = messages[1].get("tool_calls") or []
+    if not made:
+        raise Mismatch("the assistant message you sent back has no tool_calls: send the model's message as it is")
+    call = made[0]
+    call_id = call["id"] if isinstance(call, dict) else call.id
+    if messages[2].get("tool_call_id") != call_id:
+        raise Mismatch(f"the tool message answers {messages[2].get('tool_call_id')!r}, but the call's id is "
+                       f"{call_id!r}: that is how the model knows which call a result belongs to")
+    if not isinstance(messages[2].get("content"), str):
+        raise Mismatch("the tool message's content should be a string: json.dumps(result)")
+    if len(calls) != 1:
+        raise Mismatch(f"get_weather ran {len(calls)} times: run the call the model asked for, once")
+    reply = final.choices[0]
+    if reply.message.tool_calls or not reply.message.content:
+        raise Mismatch("the final reply should be text for the user, not another call")
+    return (f"The tool-calling loop: get_weather({json.dumps(calls[0])}) ran, its result went back, "
+            f"and the model answered in {reply.finish_reason!r} text")
+
+
+COUNTRY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "country": {"type": "string"},
+        "capital": {"type": "string"},
+        "continent": {"type": "string",
+                      "enum": ["Africa", "Asia", "Europe", "North America", "Oceania", "South America"]},
+    },
+    "required": ["country", "capital", "continent"],
+    "additionalProperties": False,
+}
+
+
+@check("Structured output", section=STRUCTURED,
+       hint="when response_format is json_schema: generate under grammar_for(fmt.json_schema.schema_) and "
+            "return the JSON text as the message content")
+def structured(client: Any) -> str:
+    import jsonschema
+
+    reply = client.chat.completions.create(
+        model=MODEL_ID, messages=[{"role": "user", "content": "Tell me about France."}], max_tokens=32,
+        temperature=0, response_format={"type": "json_schema",
+                                        "json_schema": {"name": "country", "schema": COUNTRY_SCHEMA}})
+    choice = reply.choices[0]
+    text = choice.message.content or ""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        if choice.finish_reason == "length" and text.lstrip().startswith("{"):
+            raise Mismatch(f"max_tokens cut the JSON (finish_reason 'length'): {text[:80]!r}") from None
+        raise Mismatch(f"the content is not JSON: {text[:80]!r}",
+                       hint="generate it under the schema's grammar, as for the tool call") from None
+    try:
+        jsonschema.validate(value, COUNTRY_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        raise Mismatch(f"the JSON breaks the schema: {exc.message}") from None
+    return f"Structured output: {text.strip()} is valid against the schema"

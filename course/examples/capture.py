@@ -1,12 +1,14 @@
 """Regenerates the captured examples the chapters show: real requests against the real server.
 
-    .venv/bin/python course/examples/capture.py          # everything except tools (~1 min on 2 cores)
-    .venv/bin/python course/examples/capture.py --only errors
+    .venv/bin/python course/examples/capture.py                  # everything (5-10 min on 2 cores)
+    .venv/bin/python course/examples/capture.py --only errors    # one part
+    .venv/bin/python course/examples/capture.py --threads 1      # on a machine other programs keep busy
 
 Every JSON file in this folder is what the reference server answered, byte for byte apart from
 pretty-printing (and the embedding vectors, cut to their first numbers: see ``embeddings``).
-The servers run in-process on 127.0.0.1 with the defaults of ``make serve``; the CLI captures
-run ``reference-server`` as a subprocess, as a learner would.
+The servers run in-process on 127.0.0.1 with the defaults of ``make serve`` (or ``--threads``);
+the CLI captures run ``reference-server`` as a subprocess, as a learner would. Speed
+measurements wait for a quiet CPU (``--patience``) and record the load they started at.
 """
 
 from __future__ import annotations
@@ -630,8 +632,8 @@ def main() -> None:
                         help="seconds to wait for a quiet CPU before measuring anyway (the load is recorded)")
     args = parser.parse_args()
     globals()["PATIENCE_S"] = args.patience
-    want = set(args.only or ["basics", "streaming", "errors", "sdk", "cli", "embeddings", "measure",
-                             "outputs", "banner", "checkpoints", "room"])
+    want = set(args.only or ["basics", "streaming", "errors", "sdk", "cli", "embeddings", "measure", "tools",
+                             "outputs", "banner", "checkpoints", "room", "threads"])
     settings = Settings(**({"n_threads": args.threads} if args.threads else {}))  # else: `make serve`
     start = time.perf_counter()
     engine = Engine(settings)

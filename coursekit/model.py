@@ -24,7 +24,7 @@ def embedded_model_path() -> Path | None:
 
 @contextlib.contextmanager
 def quiet_stderr() -> Iterator[None]:
-    """Sends file descriptor 2 (C-level stderr) to /dev/null for the duration."""
+    """Sends file descriptor 2 (C-level stderr) and Python's sys.stderr to /dev/null for the duration."""
     try:
         fd = sys.__stderr__.fileno() if sys.__stderr__ else 2
     except (AttributeError, OSError, ValueError):
@@ -36,7 +36,9 @@ def quiet_stderr() -> Iterator[None]:
     try:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), fd)
-        yield
+            # llama-cpp-python also prints a few notices (e.g. the pooling type) from Python
+            with contextlib.redirect_stderr(devnull):
+                yield
     finally:
         os.dup2(saved, fd)
         os.close(saved)

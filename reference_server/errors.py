@@ -110,6 +110,11 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
         message = ("We could not parse the JSON body of your request. The API expects a JSON object "
                    "body with Content-Type: application/json.")
         return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
+    content_type = request.headers.get("content-type", "")
+    if first.get("loc") == ("body",) and "json" not in content_type:
+        message = (f"The request body must be JSON, sent with 'Content-Type: application/json' "
+                   f"(got {content_type or 'no Content-Type'}).")
+        return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
     param = loc_to_param(first.get("loc", ()), exc.body)
     return JSONResponse(error_body(_validation_message(first, param), "invalid_request_error", param),
                         status_code=400)

@@ -47,6 +47,11 @@ def test_malformed_json(http):
     assert "parse the JSON body" in envelope(r, 400)["message"]
 
 
+def test_json_without_content_type_says_so(http):
+    r = http.post(CHAT, content=b'{"model": "x", "messages": []}', headers={"content-type": "text/plain"})
+    assert "Content-Type: application/json" in envelope(r, 400)["message"]
+
+
 def test_body_that_is_not_an_object(http):
     envelope(http.post(CHAT, json=["not", "an", "object"]), 400)
 

@@ -32,7 +32,7 @@ docs-serve: setup
 	$(VENV)/bin/mkdocs serve
 
 bench: setup              ## benchmark: in-process vs reference server vs llama-cpp-python's server
-	$(PY) -m reference_server.bench $(ARGS)
+	$(PY) benchmarks/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache

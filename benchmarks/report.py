@@ -1,0 +1,275 @@
+"""From raw samples to the Markdown report and the throughput plot.
+
+Every figure is a median with its spread (min–max over the repeats), because a 2-core
+machine shared with other work is noisy and a single number would hide it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class Figure:
+    samples: list[float] = field(default_factory=list)
+
+    def add(self, value: float | None) -> None:
+        if value is not None:
+            self.samples.append(value)
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.samples) if self.samples else None
+
+    def show(self, fmt: str = "{:.1f}", scale: float = 1.0) -> str:
+        if not self.samples:
+            return "–"
+        lo, mid, hi = (v * scale for v in (min(self.samples), self.median, max(self.samples)))
+        if len(self.samples) == 1:
+            return fmt.format(mid)
+        return f"{fmt.format(mid)} ({fmt.format(lo)}–{fmt.format(hi)})"
+
+
+@dataclass
+class Single:
+    """One contender's single-client figures."""
+
+    ttft: Figure = field(default_factory=Figure)          # s, streamed
+    decode: Figure = field(default_factory=Figure)        # tokens/s between first and last token, streamed
+    end_to_end: Figure = field(default_factory=Figure)    # N tokens / whole request, not streamed
+    one_token: Figure = field(default_factory=Figure)     # s, max_tokens=1, median of each repeat
+    embeddings: Figure = field(default_factory=Figure)    # inputs/s, batch of 32
+    token_counts: list[int] = field(default_factory=list)  # completion tokens of every forced request
+    prompt_tokens: dict[str, int] = field(default_factory=dict)  # by request tag
+    pooled: bool | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: "Single") -> None:
+        for name in ("ttft", "decode", "end_to_end", "one_token", "embeddings"):
+            getattr(self, name).samples += getattr(other, name).samples
+        self.token_counts += other.token_counts
+        self.prompt_tokens.update(other.prompt_tokens)
+        self.pooled = other.pooled if other.pooled is not None else self.pooled
+        self.errors += other.errors
+
+
+@dataclass
+class Level:
+    """One contender at one concurrency level, over all repeats."""
+
+    throughput: Figure = field(default_factory=Figure)    # completion tokens/s, all clients together
+    latency: list[float] = field(default_factory=list)    # s, whole request
+    ttft: list[float] = field(default_factory=list)
+    ok: int = 0
+    cut: int = 0      # the stream ended early without an error: the server interrupted it
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: "Level") -> None:
+        self.throughput.samples += other.throughput.samples
+        self.latency += other.latency
+        self.ttft += other.ttft
+        self.ok, self.cut, self.failed = self.ok + other.ok, self.cut + other.cut, self.failed + other.failed
+        self.errors += other.errors
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def _fmt(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return "–" if a is None or not b else f"{a / b:.2f}×"
+
+
+# ---- the report ----------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything ``bench.py`` measured, plus what it needs to say how."""
+
+    labels: dict[str, str]
+    single: dict[str, Single]
+    levels: dict[str, dict[int, Level]]
+    tokens: int
+    concurrent_tokens: int
+    repeats: int
+    concurrency_repeats: int
+    requests_per_client: int
+    one_token_requests: int
+    batch: int
+    started: str
+    seconds: float
+    command: str
+    notes: list[str] = field(default_factory=list)
+    machine: list[str] = field(default_factory=list)
+    quiet: list[str] = field(default_factory=list)  # how busy the neighbours kept the machine
+    disturbed: str = ""  # said at the top when the neighbours made the figures unreliable
+
+
+def _forced(s: Single, n: int) -> str:
+    if not s.token_counts:
+        return "–"
+    bad = [c for c in s.token_counts if c != n]
+    return f"yes ({len(s.token_counts)}/{len(s.token_counts)})" if not bad else \
+        f"**no**: {len(bad)}/{len(s.token_counts)} ≠ {n} (e.g. {bad[0]})"
+
+
+def markdown(run: Run) -> str:
+    L = run.labels
+    out: list[str] = []
+    out.append(f"### Benchmark run of {run.started}\n")
+    out.append(f"`{run.command}` — {run.seconds / 60:.1f} min. Figures are **median (min–max)** over "
+               f"{run.repeats} repeats (concurrency: {run.concurrency_repeats}), the contenders taking "
+               "turns within every repeat. Every generation is forced to its full length by banning the "
+               "end-of-generation tokens with `logit_bias`.\n")
+    if run.disturbed:
+        out.append(f"!!! warning \"A busy machine\"\n    {run.disturbed}\n")
+
+    out.append("#### One client\n")
+    out.append(f"| contender | TTFT ms (streamed) | decode tok/s (streamed, {run.tokens} tokens) "
+               f"| tok/s end to end (not streamed) | 1-token request ms | embeddings/s (batch of {run.batch}) "
+               f"| forced to {run.tokens} tokens |")
+    out.append("|---|---:|---:|---:|---:|---:|---|")
+    for key, s in run.single.items():
+        emb = s.embeddings.show("{:.0f}")
+        if s.pooled is False and s.embeddings.samples:
+            emb += " ⚠ per-token vectors"
+        out.append(f"| {L[key]} | {s.ttft.show('{:.1f}', 1000)} | {s.decode.show()} | {s.end_to_end.show()} "
+                   f"| {s.one_token.show('{:.1f}', 1000)} | {emb} | {_forced(s, run.tokens)} |")
+    out.append("")
+
+    ref, inproc = run.single.get("reference"), run.single.get("inproc")
+    peers = [k for k in run.single if k.startswith("peer") and run.single[k].decode.samples]
+    if ref and (inproc or peers):
+        out.append("#### Ratios (medians)\n")
+        others = ([("inproc", "in-process")] if inproc else []) + [(k, L[k]) for k in peers]
+        out.append("| figure | " + " | ".join(f"reference / {name}" for _, name in others) + " |")
+        out.append("|---|" + "---:|" * len(others))
+        rows = [
+            ("decode tok/s (streamed)", lambda s: s.decode.median, "ratio"),
+            ("tok/s end to end (not streamed)", lambda s: s.end_to_end.median, "ratio"),
+            ("TTFT", lambda s: s.ttft.median, "delta"),
+            ("1-token request", lambda s: s.one_token.median, "delta"),
+            ("embeddings/s", lambda s: s.embeddings.median, "ratio"),
+        ]
+        for name, get, kind in rows:
+            cells = []
+            for key, _ in others:
+                a, b = get(ref), get(run.single[key])
+                if kind == "ratio":
+                    cells.append(_ratio(a, b))
+                else:
+                    cells.append("–" if a is None or b is None else f"{_ratio(a, b)} ({(a - b) * 1000:+.1f} ms)")
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        top = max((n for lv in run.levels.values() for n in lv), default=None)
+        if top is not None and top in run.levels.get("reference", {}):
+            mine = run.levels["reference"][top].throughput.median
+            cells = [_ratio(mine, run.levels[key][top].throughput.median)
+                     if top in run.levels.get(key, {}) else "–" for key, _ in others]
+            out.append(f"| aggregate tok/s, {top} clients | " + " | ".join(cells) + " |")
+        out.append("")
+
+    if run.levels:
+        out.append(f"#### Concurrent clients (streamed, {run.concurrent_tokens} tokens per request, "
+                   f"{run.requests_per_client} request{'s' if run.requests_per_client > 1 else ''} "
+                   "per client, all clients start together)\n")
+        out.append("| contender | clients | aggregate tok/s | latency p50 s | latency p95 s | TTFT p95 s "
+                   "| ok / cut short / failed |")
+        out.append("|---|---:|---:|---:|---:|---:|---|")
+        for key, levels in run.levels.items():
+            for n, lv in sorted(levels.items()):
+                status = f"{lv.ok} / {lv.cut} / {lv.failed}"
+                if lv.cut or lv.failed:
+                    status = f"**{status}**"
+                out.append(f"| {L[key]} | {n} | {lv.throughput.show()} | {_fmt(percentile(lv.latency, 0.5))} "
+                           f"| {_fmt(percentile(lv.latency, 0.95))} | {_fmt(percentile(lv.ttft, 0.95))} | {status} |")
+        out.append("")
+
+    targets = _targets(run)
+    if targets:
+        out.append("#### Targets (reported, not asserted)\n")
+        out.append("| target | measured | met |")
+        out.append("|---|---|:-:|")
+        for name, measured, met in targets:
+            out.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
+        out.append("")
+
+    if run.notes:
+        out.append("#### Notes\n")
+        out.extend(f"- {n}" for n in run.notes)
+        out.append("")
+    out.append("#### Machine\n")
+    out.extend(run.machine)
+    out.extend(run.quiet)
+    out.append("")
+    return "\n".join(out)
+
+
+def _targets(run: Run) -> list[tuple[str, str, bool]]:
+    ref, inproc = run.single.get("reference"), run.single.get("inproc")
+    out: list[tuple[str, str, bool]] = []
+    if ref and inproc and ref.decode.median and inproc.decode.median:
+        r = ref.decode.median / inproc.decode.median
+        out.append(("single-stream decode over HTTP ≥ 97% of in-process", f"{r:.1%}", r >= 0.97))
+    if ref and inproc and ref.ttft.median is not None and inproc.ttft.median is not None:
+        d = (ref.ttft.median - inproc.ttft.median) * 1000
+        out.append(("TTFT overhead over in-process ≤ 10 ms", f"{d:+.1f} ms", d <= 10))
+    levels = run.levels.get("reference", {})
+    if levels:
+        top = max(levels)
+        lv = levels[top]
+        out.append((f"{top} concurrent clients: no request fails", f"{lv.failed} failed", lv.failed == 0))
+        out.append((f"{top} concurrent clients: none cut short or cancelled", f"{lv.cut} cut", lv.cut == 0))
+        p95 = percentile(lv.latency, 0.95)
+        out.append((f"{top} concurrent clients: p95 latency reported", f"{_fmt(p95)} s", p95 is not None))
+        for key, peer in run.levels.items():
+            if key.startswith("peer") and top in peer and peer[top].throughput.median:
+                a, b = lv.throughput.median or 0.0, peer[top].throughput.median
+                out.append((f"{top} clients: aggregate tok/s ≥ {run.labels[key]}",
+                            f"{a:.1f} vs {b:.1f} ({a / b:.2f}×)", a >= b))
+    return out
+
+
+def plot(run: Run, path: Path) -> bool:
+    """Aggregate throughput against concurrency, one line per contender; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for key, levels in run.levels.items():
+        xs = sorted(levels)
+        mids = [levels[x].throughput.median or 0.0 for x in xs]
+        lows = [m - min(levels[x].throughput.samples, default=m) for x, m in zip(xs, mids)]
+        highs = [max(levels[x].throughput.samples, default=m) - m for x, m in zip(xs, mids)]
+        ax.errorbar(xs, mids, yerr=[lows, highs], marker="o", capsize=3, label=run.labels[key])
+    ax.set_xscale("log", base=2)
+    levels_all = sorted({x for lv in run.levels.values() for x in lv})
+    ax.set_xticks(levels_all, [str(x) for x in levels_all])
+    ax.set_xlabel("concurrent streaming clients")
+    ax.set_ylabel("aggregate completion tokens/s")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Throughput under concurrency ({run.concurrent_tokens} tokens per request)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return True

@@ -35,7 +35,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                await asyncio.to_thread(engine.load)
+                await engine.start()
             except Exception:
                 log.error("model failed to load: %s", engine.error)
                 return

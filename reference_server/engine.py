@@ -151,8 +151,10 @@ class Engine:
         self._template: Any = None
         self._eog: frozenset[int] = frozenset()
         self.stats = {"completed": 0, "cancelled": 0, "tokens": 0}  # read by tests and /health
-        self._gen = _Worker("llama-gen", settings.max_queue)
-        self._emb = _Worker("llama-emb", settings.max_queue)
+        # Every llama.cpp call (load, generate, embed) runs on this one thread. OpenMP keeps a
+        # thread pool per calling thread; two pools on two cores stop spin-waiting, and decoding
+        # lost about a third of its speed after the first embeddings request (benchmarks/).
+        self._gen = _Worker("llama", settings.max_queue)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -184,6 +186,11 @@ class Engine:
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
     # --8<-- [end:load]
+
+    async def start(self) -> None:
+        """Loads the model on the worker thread (see ``__init__``); the app calls this at startup."""
+        self._gen.reserve()
+        await self._gen.submit(self.load)
 
     def require_ready(self) -> None:
         if self.state != "ready":
@@ -336,12 +343,12 @@ class Engine:
     def reserve_embeddings(self) -> None:
         self.require_ready()
         self._require_embedder()
-        self._emb.reserve()
+        self._gen.reserve()
 
     # --8<-- [start:embed]
     async def embed(self, texts: list[str]) -> list[list[float]]:
         """One mean-pooled, L2-normalised vector per input, as OpenAI returns them."""
-        return await self._emb.submit(lambda: self._embedder.embed(texts, normalize=True, truncate=False))
+        return await self._gen.submit(lambda: self._embedder.embed(texts, normalize=True, truncate=False))
     # --8<-- [end:embed]
 
     @property

@@ -1,0 +1,445 @@
+"""Tool calling and JSON modes, for a model whose chat template knows neither.
+
+routers/chat.py runs every chat request through ``plan``: what to add to the prompt, which
+grammar constrains the output, and how the output is read back as ``content`` or
+``tool_calls`` (``ToolCallReply``). A request without tools or a response_format gets a plan
+that changes nothing.
+
+**Prompt.** SmolLM2's template has no tool support, so the system message describes the
+tools (name, description, JSON Schema of the arguments) and the call format SmolLM2's own
+tool template uses, ``<tool_call>[{"name": ..., "arguments": {...}}]</tool_call>``, where an
+empty list means "no call". Assistant messages with ``tool_calls`` are written back in that
+format and ``tool`` messages become ``tool`` turns (ChatML takes any role; SmolLM2-135M
+answers from them more often than from the ``<tool_response>`` user turns of that template,
+which it tends to echo).
+
+**A grammar, never hope.** Each mode is a llama.cpp grammar (grammars.py turns the JSON
+Schemas into GBNF and refuses, with a 400, what it cannot enforce):
+
+- named ``tool_choice``: one call, to that function (the only tool the prompt shows);
+- ``required``: one or more calls; each is an alternation over the tools, each tool with its
+  own arguments grammar;
+- ``auto``, in two steps. Step 1 is the call grammar with the list allowed to be empty: the
+  model decides in the format it knows. If it calls, that is the reply. If the list is empty,
+  step 2 answers as ``none`` would, without the tools in the prompt. (Letting one grammar
+  choose between a call and free text fails on a small model: SmolLM2-135M then almost never
+  calls; and text generated after an empty list is degraded.) Both steps are queued at once,
+  so the answer does not wait behind other requests; step 2 is cancelled as soon as a call
+  starts. The grammar guarantees the shape, not the judgement: a 135M model often calls when
+  it should not, or calls the wrong tool (benchmarks/grammar_overhead.py counts how often).
+  Use ``required`` or a named choice when a call must happen. One rule overrides the model:
+  right after tool results (the last message is a ``tool`` message), ``auto`` answers. Asked
+  to decide there, SmolLM2-135M calls the same tool again, every time, and a client loop
+  would never end; send ``required`` to chain calls.
+- ``none``: no grammar, and the tools stay out of the prompt: describing a call format the
+  model may not use only invites a small model to write calls as text. Calls and results
+  already in the conversation are still shown.
+- ``response_format``: ``json_object`` is a grammar for any JSON object, ``json_schema`` one for
+  the schema (``strict`` or not: always enforced). With ``auto`` it constrains step 2.
+
+**parallel_tool_calls** is honoured: true (OpenAI's default) lets the list hold up to
+``MAX_PARALLEL_CALLS`` calls, false exactly one. Nothing is refused, so clients that always
+send it keep working. A named tool_choice makes exactly one call.
+
+**Budget.** A grammar closes the JSON only if it may finish, so without max_tokens these modes
+stop at ``DEFAULT_MAX_TOKENS`` rather than at the end of the context. If the budget runs out
+first, finish_reason is "length" and the JSON is cut, as with OpenAI. Stop sequences do not
+apply to grammar-constrained output (a cut would break the JSON); logprobs are refused with
+tools. With ``auto``, usage counts both steps' completion tokens but only the first prompt.
+
+Unlike OpenAI, finish_reason is "tool_calls" after a named tool_choice too (OpenAI: "stop").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from . import errors
+from .engine import ChoiceDone, Engine, Event, TextDelta
+from .grammars import Rules, UnsupportedSchema, schema_rules
+from .protocol import (AssistantMessage, ChatCompletionNamedToolChoice, CreateChatCompletionRequest,
+                       ToolMessage, content_text)
+from .sampling import SamplingParams
+
+DEFAULT_MAX_TOKENS = 512  # tool calls and JSON replies when the client sets no max_tokens
+MAX_PARALLEL_CALLS = 8
+
+CALL_OPEN, CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+# --8<-- [start:tools_prompt]
+TOOLS_PROMPT = """\
+You can call functions. Here they are, with a JSON Schema of their arguments:
+<tools>
+{tools}
+</tools>
+To call functions, reply with only this, and nothing else:
+<tool_call>[{{"name": "<function name>", "arguments": {{<arguments as JSON>}}}}]</tool_call>"""
+
+CHOICE_PROMPT = {"auto": "If no function is needed, reply with an empty list: <tool_call>[]</tool_call>",
+                 "required": "Call a function now."}
+# --8<-- [end:tools_prompt]
+
+
+# ---- the plan ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Plan:
+    """How one chat request is prompted, generated and read back."""
+
+    instructions: str = ""          # joins the system message
+    grammar: str | None = None      # GBNF
+    calls: bool = False             # the output may hold tool calls
+    default_max_tokens: int | None = None
+    answer: "Plan | None" = None    # auto: how to answer when the model calls nothing
+
+    def token_limit(self, body: CreateChatCompletionRequest, room: int) -> int | None:
+        if body.token_limit is not None or self.default_max_tokens is None or room <= 0:
+            return body.token_limit
+        return min(self.default_max_tokens, room)
+
+    def _constrain(self, params: SamplingParams) -> SamplingParams:
+        if self.grammar is None:
+            return params
+        return dataclasses.replace(params, grammar=self.grammar, stop=())
+
+    def generate(self, engine: Engine, prompt: list[int], params: SamplingParams,
+                 render: Callable[[str], list[int]]) -> AsyncIterator[Event]:
+        """Queues the generation (both steps with ``auto``); ``render`` makes a prompt from instructions."""
+        first = engine.generate(prompt, self._constrain(params))
+        if self.answer is None:
+            return first
+        try:
+            answer = engine.generate(render(self.answer.instructions), self.answer._constrain(params))
+        except BaseException:
+            first.cancel.set()
+            raise
+        return _answer_unless_called(first, answer, params.n)
+
+    def new_reply(self) -> "TextReply":
+        """What reads one choice's output back: a tool-call parser when calls are possible."""
+        return ToolCallReply(may_answer=self.answer is not None) if self.calls else TextReply()
+
+
+@dataclass
+class _Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    rules: Rules
+
+
+# --8<-- [start:plan]
+def plan(engine: Engine, body: CreateChatCompletionRequest) -> Plan:
+    """Validates tools, tool_choice, response_format and the tool messages; 400 on anything wrong."""
+    _check_tool_messages(body)
+    tools = _tools(engine, body)
+    choice = _tool_choice(body, tools)
+    content = _response_format(engine, body)
+    answer = Plan(instructions=_format_instructions(body) if content else "",
+                  grammar=content.gbnf() if content else None,
+                  default_max_tokens=DEFAULT_MAX_TOKENS if content else None)
+    if choice == "none" or choice == "auto" and isinstance(body.messages[-1], ToolMessage):
+        return answer
+    if body.logprobs:
+        raise errors.invalid_request("'logprobs' is not supported together with 'tools'.", param="logprobs")
+    named = choice not in ("auto", "required")
+    if named:  # the other tools would only distract a small model (and cost prompt tokens)
+        tools = [t for t in tools if t.name == choice]
+    shown = "\n".join(json.dumps({"name": t.name, "description": t.description, "parameters": t.parameters})
+                      for t in tools)
+    instructions = [TOOLS_PROMPT.format(tools=shown),
+                    CHOICE_PROMPT.get(choice, f"Call the function {choice} now.")]
+    grammar = _calls_grammar(tools, least=0 if choice == "auto" else 1,
+                             most=1 if named or body.parallel_tool_calls is False else MAX_PARALLEL_CALLS)
+    return Plan(instructions="\n".join(instructions), grammar=grammar, calls=True,
+                default_max_tokens=DEFAULT_MAX_TOKENS, answer=answer if choice == "auto" else None)
+# --8<-- [end:plan]
+
+
+def _tools(engine: Engine, body: CreateChatCompletionRequest) -> list[_Tool]:
+    out: list[_Tool] = []
+    for i, tool in enumerate(body.tools or []):
+        fn, where = tool.function, f"tools[{i}].function"
+        if any(t.name == fn.name for t in out):
+            raise errors.invalid_request(f"Duplicate function name {fn.name!r} in 'tools'.", param=f"{where}.name")
+        params = fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
+        if params.get("type") != "object":
+            raise errors.invalid_request(f"Invalid schema for function {fn.name!r}: 'parameters' must be a JSON "
+                                         "Schema of type 'object'.", param=f"{where}.parameters")
+        rules = _schema_rules(engine, params, f"t{i}-", f"{where}.parameters",
+                              f"Invalid schema for function {fn.name!r}")
+        out.append(_Tool(fn.name, fn.description or "", params, rules))
+    return out
+
+
+def _tool_choice(body: CreateChatCompletionRequest, tools: list[_Tool]) -> str:
+    """'none' | 'auto' | 'required' | the name of the forced function."""
+    choice = body.tool_choice
+    if not tools:
+        if choice is not None and choice != "none":
+            raise errors.invalid_request("Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
+                                         "'tools' are specified.", param="tool_choice")
+        return "none"
+    if choice is None:
+        return "auto"
+    if isinstance(choice, ChatCompletionNamedToolChoice):
+        if not any(t.name == choice.function.name for t in tools):
+            raise errors.invalid_request(f"Invalid value for 'tool_choice': no function named "
+                                         f"{choice.function.name!r} in 'tools'.", param="tool_choice")
+        return choice.function.name
+    return choice
+
+
+def _response_format(engine: Engine, body: CreateChatCompletionRequest) -> Rules | None:
+    fmt = body.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    schema = {"type": "object"}
+    if fmt.type == "json_schema" and fmt.json_schema.schema_ is not None:
+        schema = fmt.json_schema.schema_
+    return _schema_rules(engine, schema, "json-", "response_format.json_schema.schema",
+                         "Invalid schema for response_format")
+
+
+def _format_instructions(body: CreateChatCompletionRequest) -> str:
+    fmt = body.response_format
+    if fmt.type == "json_schema" and fmt.json_schema.schema_ is not None:
+        about = f" ({fmt.json_schema.description})" if fmt.json_schema.description else ""
+        return (f"Answer with JSON{about} that follows this JSON Schema, named {fmt.json_schema.name}:\n"
+                + json.dumps(fmt.json_schema.schema_))
+    return "Answer with a JSON object."
+
+
+def _schema_rules(engine: Engine, schema: dict[str, Any], prefix: str, param: str, what: str) -> Rules:
+    try:
+        return _checked_rules(json.dumps(schema), prefix, engine.grammar_from_json_schema)
+    except jsonschema.SchemaError as exc:
+        raise errors.invalid_request(f"{what}: not a valid JSON Schema: {exc.message}", param=param) from exc
+    except UnsupportedSchema as exc:
+        raise errors.invalid_request(f"{what}: {exc}", param=param, code="unsupported_schema") from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _checked_rules(schema_json: str, prefix: str, to_gbnf: Callable[[dict[str, Any]], str]) -> Rules:
+    """Once per distinct schema (about 2 ms each): agents send the same tools with every request."""
+    schema = json.loads(schema_json)
+    jsonschema.validators.validator_for(schema).check_schema(schema)
+    return schema_rules(schema, to_gbnf, prefix)
+
+
+def _check_tool_messages(body: CreateChatCompletionRequest) -> None:
+    """A tool result must answer a call made earlier in the conversation, as OpenAI requires."""
+    called: set[str] = set()
+    for i, message in enumerate(body.messages):
+        if isinstance(message, AssistantMessage):
+            called.update(call.id for call in message.tool_calls or ())
+        elif isinstance(message, ToolMessage) and message.tool_call_id not in called:
+            raise errors.invalid_request(
+                f"Invalid parameter: messages with role 'tool' must be a response to a preceding message with "
+                f"'tool_calls'; no call has the id {message.tool_call_id!r}.", param=f"messages[{i}].tool_call_id")
+
+
+# ---- grammar ----------------------------------------------------------------------------------------
+
+# --8<-- [start:calls_grammar]
+def _calls_grammar(tools: list[_Tool], *, least: int, most: int) -> str:
+    """``<tool_call>[...]</tool_call>`` holding least..most calls, each to one of ``tools``."""
+    rules = {"space": '" "?'}
+    for i, tool in enumerate(tools):
+        rules.update(tool.rules.rules)
+        rules[f"call{i}"] = (rf'"{{" space "\"name\"" space ":" space "\"{tool.name}\"" space "," space '
+                             rf'"\"arguments\"" space ":" space {tool.rules.root} "}}"')
+    rules["call"] = " | ".join(f"call{i}" for i in range(len(tools)))
+    calls = "call" + (f' ("," space call){{0,{most - 1}}}' if most > 1 else "")
+    rules["tool-calls"] = f'"{CALL_OPEN}[" {calls if least else f"({calls})?"} "]{CALL_CLOSE}"'
+    return Rules("tool-calls", rules).gbnf()
+# --8<-- [end:calls_grammar]
+
+
+async def _answer_unless_called(first: AsyncIterator[Event], answer: AsyncIterator[Event],
+                                n: int) -> AsyncIterator[Event]:
+    """Step 1's events; a choice whose call list is empty stops at ``[]`` and takes step 2's answer."""
+    text = [""] * n
+    called: list[bool | None] = [None] * n  # None: not decided yet
+    spent = [0] * n
+    try:
+        async for event in first:
+            i = event.index
+            if isinstance(event, ChoiceDone):
+                if called[i] is False:
+                    spent[i] = event.completion_tokens
+                    continue
+                called[i] = True  # a call, or cut before deciding: either way, this is the reply
+            elif called[i] is None:
+                text[i] += event.text
+                opened = text[i].find(CALL_OPEN + "[")
+                decided = text[i][opened + len(CALL_OPEN) + 1:] if opened >= 0 else ""
+                if decided:
+                    called[i] = decided[0] != "]"
+                    if not called[i]:
+                        event = TextDelta(i, event.text[:len(event.text) - len(decided) + 1])
+            elif called[i] is False:
+                continue
+            if all(called):
+                await answer.aclose()  # no choice needs it: cancelled, ideally before it starts
+            yield event
+        if all(called):
+            return
+        async for event in answer:
+            if called[event.index] is False:
+                if isinstance(event, ChoiceDone):  # usage counts both steps
+                    both = event.completion_tokens + spent[event.index]
+                    event = dataclasses.replace(event, completion_tokens=both)
+                yield event
+    finally:
+        await first.aclose()
+        await answer.aclose()
+
+
+# ---- the conversation as text ---------------------------------------------------------------------
+
+# --8<-- [start:template_message]
+def template_message(message: AssistantMessage | ToolMessage) -> dict[str, str]:
+    """An assistant message's calls and a tool's result, as text the model reads."""
+    if isinstance(message, ToolMessage):
+        return {"role": "tool", "content": content_text(message.content)}
+    text = content_text(message.content)
+    if message.tool_calls:
+        calls = ", ".join(json.dumps({"name": c.function.name, "arguments": _arguments(c.function.arguments)})
+                          for c in message.tool_calls)
+        text = (text + "\n" if text else "") + f"{CALL_OPEN}[{calls}]{CALL_CLOSE}"
+    return {"role": "assistant", "content": text}
+# --8<-- [end:template_message]
+
+
+def _arguments(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # shown as the model (or client) wrote it
+        return text
+
+
+# ---- reading the output back --------------------------------------------------------------------
+
+class TextReply:
+    """One choice's output, fed as it is generated: here, all of it is the message content."""
+
+    opening: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}  # the stream's first delta
+
+    def __init__(self) -> None:
+        self.content = ""
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        """Deltas (chat.completion.chunk ``delta`` objects) for the new text."""
+        self.content += text
+        return [{"content": text}]
+
+    def message(self) -> dict[str, Any]:
+        return {"role": "assistant", "content": self.content, "refusal": None}
+
+    def finish_reason(self, reason: str) -> str:
+        return reason
+
+
+_CALL_HEAD = re.compile(r'\{ ?"name" ?: ?"([A-Za-z0-9_-]+)" ?, ?"arguments" ?: ?(?=\S)')
+
+
+# --8<-- [start:tool_call_reply]
+class ToolCallReply(TextReply):
+    """One choice's output, fed as it is generated, read as an answer or as tool calls.
+
+    The grammar fixes the shape, so a small scanner suffices. With ``auto``, the character
+    after ``<tool_call>[`` tells a call (``{``) from an empty list (``]``), after which comes
+    step 2's answer, read as content. In a call, the name is known once the call's head is
+    complete, and the arguments are passed on as they arrive, up to the brace that closes
+    them. Streams and plain responses use the same scanner, so they cannot disagree.
+    """
+
+    def __init__(self, may_answer: bool) -> None:
+        self.mode: str | None = None if may_answer else "calls"  # None until the list opens
+        self.content = ""
+        self.calls: list[dict[str, Any]] = []
+        self.opening = {"role": "assistant", "content": "" if may_answer else None, "refusal": None}
+        self._buf, self._pos, self._state = "", 0, "between"
+        self._depth, self._in_string, self._escaped = 0, False, False
+
+    def feed(self, text: str) -> list[dict[str, Any]]:
+        if self.mode is None:  # auto: "<tool_call>[" then "]" (no call: an answer follows) or a call
+            self._buf += text
+            decided = self._buf[len(CALL_OPEN) + 1:]
+            if not decided:
+                return []
+            self.mode = "answer" if decided[0] == "]" else "calls"
+            text = decided[1:] if self.mode == "answer" else ""
+        if self.mode == "answer":
+            self.content += text
+            return [{"content": text}] if text else []
+        self._buf += text
+        out: list[dict[str, Any]] = []
+        while self._pos < len(self._buf) and self._state != "done":
+            if self._state == "between":
+                c = self._buf[self._pos]
+                if c == "{":
+                    self._state = "head"
+                    continue
+                self._state = "done" if c == "]" else "between"
+                self._pos += 1
+            elif self._state == "head":
+                head = _CALL_HEAD.match(self._buf, self._pos)
+                if head is None:
+                    break  # the rest of the head has not been generated yet
+                call = {"id": f"call_{uuid.uuid4().hex[:24]}", "name": head.group(1), "arguments": ""}
+                self.calls.append(call)
+                out.append({"tool_calls": [{"index": len(self.calls) - 1, "id": call["id"], "type": "function",
+                                            "function": {"name": call["name"], "arguments": ""}}]})
+                self._pos, self._state = head.end(), "arguments"
+            else:
+                start = self._pos
+                self._scan_arguments()
+                piece = self._buf[start:self._pos]
+                self.calls[-1]["arguments"] += piece
+                if piece:
+                    out.append({"tool_calls": [{"index": len(self.calls) - 1, "function": {"arguments": piece}}]})
+        return out
+
+    def _scan_arguments(self) -> None:
+        """Advances through the arguments' JSON, to its end or to the end of the text so far."""
+        while self._pos < len(self._buf):
+            c = self._buf[self._pos]
+            self._pos += 1
+            if self._in_string:
+                if self._escaped:
+                    self._escaped = False
+                elif c == "\\":
+                    self._escaped = True
+                elif c == '"':
+                    self._in_string = False
+            elif c == '"':
+                self._in_string = True
+            elif c in "{[":
+                self._depth += 1
+            elif c in "}]":
+                self._depth -= 1
+                if self._depth == 0:
+                    self._state = "between"
+                    return
+
+    def message(self) -> dict[str, Any]:
+        if not self.calls:
+            return super().message()
+        return {"role": "assistant", "content": None, "refusal": None,
+                "tool_calls": [{"id": c["id"], "type": "function",
+                                "function": {"name": c["name"], "arguments": c["arguments"]}} for c in self.calls]}
+
+    def finish_reason(self, reason: str) -> str:
+        return "tool_calls" if self.calls and reason == "stop" else reason
+# --8<-- [end:tool_call_reply]

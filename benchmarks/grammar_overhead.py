@@ -18,8 +18,10 @@ tests/test_tools.py:
    with those schemas; later ones find it cached).
 
 Usage: .venv/bin/python benchmarks/grammar_overhead.py [--repeats 5] [--skip-validity]
-A shared machine distorts latency: the "other load" column says how much CPU other processes
-took during the measurements (from /proc), as in benchmarks/bench.py.
+A shared machine distorts latency, badly: llama.cpp's threads spin while they wait for each
+other, so a neighbour on a 2-core machine can make a token take seconds. A pair measured while
+other processes took more than ``--max-other-load`` of the CPU (from /proc, as in
+benchmarks/bench.py) is retried; the "other load" column gives the median that remained.
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ async def decisions(engine: Engine) -> None:
 
 # ---- 3. latency -------------------------------------------------------------------------------
 
-async def latency(engine: Engine, repeats: int) -> None:
+async def latency(engine: Engine, repeats: int, max_other_load: float, attempts: int = 4) -> None:
     modes = {
         "named call (1 tool shown)": request("Book a table for 4 at Luigi's at 19:30.", tools=TOOLS,
                                              tool_choice={"type": "function", "function": {"name": "book_table"}}),
@@ -196,13 +198,19 @@ async def latency(engine: Engine, repeats: int) -> None:
             plans.append(time.perf_counter() - start)
         prompt, grammar = build(engine, body)
         g_runs, f_runs, loads = [], [], []
-        for _ in range(repeats):  # interleaved, so a disturbance hits both sides alike
-            with meter.measure() as window:
-                g = await run(engine, prompt, grammar, MAX_TOKENS)
-                f = await run(engine, prompt, None, g["tokens"], ban_eog=True)
+        for _ in range(repeats):  # a pair at a time, so a disturbance hits both sides alike
+            tried = []
+            for _ in range(attempts):  # a neighbour's burst of CPU measures the neighbour: retry
+                with meter.measure() as window:
+                    g = await run(engine, prompt, grammar, MAX_TOKENS)
+                    f = await run(engine, prompt, None, g["tokens"], ban_eog=True)
+                tried.append((window.other or 0.0, g, f))
+                if window.other is None or window.other <= max_other_load:
+                    break
+            other, g, f = min(tried, key=lambda t: t[0])
             g_runs.append(g)
             f_runs.append(f)
-            loads.append(window.other)
+            loads.append(other)
         assert all(f["tokens"] == g["tokens"] for f, g in zip(f_runs, g_runs))
 
         def med(runs: list[dict[str, Any]], key: str) -> float:
@@ -212,8 +220,7 @@ async def latency(engine: Engine, repeats: int) -> None:
             return statistics.median((r["total"] - r["ttft"]) / max(r["tokens"] - 1, 1) for r in runs) * 1000
 
         g_total, f_total = med(g_runs, "total"), med(f_runs, "total")
-        known = [x for x in loads if x is not None]
-        load = f"{100 * statistics.median(known):.0f}%" if known else "n/a"
+        load = f"{100 * statistics.median(loads):.0f}%"
         print(f"| {label} | {len(prompt)} | {g_runs[0]['tokens']} | {1000 * statistics.median(plans):.1f} ms "
               f"| {med(g_runs, 'ttft'):.3f} / {med(f_runs, 'ttft'):.3f} s | {per_token(g_runs):.1f} / "
               f"{per_token(f_runs):.1f} | {g_total:.2f} / {f_total:.2f} s | {100 * (g_total / f_total - 1):+.0f}% "
@@ -224,6 +231,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-validity", action="store_true", help="latency only")
+    parser.add_argument("--max-other-load", type=float, default=0.15,
+                        help="retry a latency pair when other processes took more of the CPU than this")
     args = parser.parse_args()
     engine = Engine(Settings(n_ctx=2048, embeddings=False))
     engine.load()
@@ -231,7 +240,7 @@ async def main() -> None:
     if not args.skip_validity:
         await validity(engine)
         await decisions(engine)
-    await latency(engine, args.repeats)
+    await latency(engine, args.repeats, args.max_other_load)
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ NAMED = [
 REQUIRED = [
     "What's the weather in Lisbon?",
     "Book a table for 3 at Chez Marie.",
+    "Warm the living room up to 22 degrees.",
     "Convert 40 dollars to pounds.",
     "Invite Dana and Eli to a planning session in Paris.",
     "Tell me a joke.",  # no tool fits: a call is still required, and still valid
@@ -133,7 +134,8 @@ SCHEMAS = {
 STRUCTURED = [
     ("person", "Invent a person."), ("person", "Describe Ada Lovelace."),
     ("person", "Make up a teenager with an email address."), ("person", "Who is the oldest person you know?"),
-    ("recipe", "Give me a pancake recipe."), ("review", "Review: the hotel room was clean and quiet."),
+    ("recipe", "Give me a pancake recipe."), ("recipe", "A quick vegetarian pasta, please."),
+    ("review", "Review: the hotel room was clean and quiet."),
     ("recipe", "How do I make a steak?"), ("recipe", "A salad recipe."),
     ("review", "Review: the food was cold and the waiter rude."), ("review", "Review: best pizza in town!"),
     ("review", "Review: it was okay, nothing special."), ("review", "Review this phone: battery lasts two days."),

@@ -137,7 +137,7 @@ async def validity(engine: Engine) -> None:
         row[2] += constrained["finish"] == "length"
         row[3] += check(free["text"], True)
         row[4] += check(free["text"], False)
-    print("\n## Validity (temperature 0, max_tokens 96)\n")
+    print("\n#### Validity (temperature 0, max_tokens 96)\n")
     print("| replies | n | with grammar: valid | cut by max_tokens | free: valid (strict) | free: (lenient) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
 
@@ -165,7 +165,7 @@ async def decisions(engine: Engine) -> None:
         abstained += out.startswith("<tool_call>[]")
         called_anyway += not out.startswith("<tool_call>[]")
     n = len(NAMED)
-    print(f"\n## Auto mode: the model decides ({len(TOOLS)} tools offered)\n")
+    print(f"\n#### Auto mode: the model decides ({len(TOOLS)} tools offered)\n")
     print("| prompts | n | called the right tool | called a wrong tool | no call |")
     print("| --- | ---: | ---: | ---: | ---: |")
     print(f"| a tool fits | {n} | {right} | {wrong} | {n - right - wrong} |")
@@ -185,7 +185,7 @@ async def latency(engine: Engine, repeats: int, max_other_load: float, attempts:
             "type": "json_schema", "json_schema": {"name": "recipe", "schema": SCHEMAS["recipe"]}}),
     }
     meter = LoadMeter([__import__("os").getpid()])
-    print(f"\n## Latency: with the grammar vs free, same prompt, same token count (median of {repeats})\n")
+    print(f"\n#### Latency: with the grammar vs free, same prompt, same token count (median of {repeats})\n")
     print("| mode | prompt tokens | tokens | plan (schema to grammar) | TTFT grammar / free | ms per token "
           "grammar / free | total grammar / free | added | other load |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -236,7 +236,7 @@ async def main() -> None:
     args = parser.parse_args()
     engine = Engine(Settings(n_ctx=2048, embeddings=False))
     engine.load()
-    print(f"# Grammar overhead: {engine.model_id}, {engine.settings.n_threads} threads")
+    print(f"### Grammar overhead: {engine.model_id}, {engine.settings.n_threads} threads")
     if not args.skip_validity:
         await validity(engine)
         await decisions(engine)

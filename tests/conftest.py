@@ -141,7 +141,7 @@ class RunningServer:
 def start_server(settings: Settings, engine: Engine | None = None) -> RunningServer:
     app = create_app(settings, engine=engine)
     contract = ContractCheck(app)
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so TCP_NODELAY
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(contract, log_level="warning", lifespan="on"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -11,6 +13,7 @@ import httpx
 import openai
 
 from conftest import MODEL
+from reference_server.cli import listen_socket
 
 CMD = [sys.executable, "-m", "reference_server"]
 
@@ -61,3 +64,39 @@ def test_server_starts_prints_banner_and_answers():
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _nodelay_of_accepted(sock: socket.socket) -> int:
+    """TCP_NODELAY of a connection accepted on ``sock`` by asyncio, as uvicorn serves ``sockets=``."""
+    async def main() -> int:
+        accepted: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport: asyncio.Transport) -> None:
+                accepted.set_result(transport.get_extra_info("socket").getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                transport.close()
+
+        server = await asyncio.get_running_loop().create_server(Probe, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            value = await asyncio.wait_for(accepted, 10)
+            writer.close()
+        return value
+    return asyncio.run(main())
+
+
+def test_listening_socket_gets_tcp_nodelay():
+    """Without TCP_NODELAY a small non-streamed reply waited ~40 ms for an ACK (benchmarks/)."""
+    assert _nodelay_of_accepted(listen_socket("127.0.0.1", 0)) != 0
+    # The pitfall the server avoids: a socket made with protocol 0 is not known to be TCP.
+    plain = socket.socket()
+    plain.bind(("127.0.0.1", 0))
+    assert _nodelay_of_accepted(plain) == 0
+
+
+def test_taken_port_is_a_clear_error():
+    with listen_socket("127.0.0.1", 0) as taken:
+        taken.listen()
+        r = run("--port", str(taken.getsockname()[1]))
+    assert r.returncode == 2 and "cannot listen on 127.0.0.1" in r.stderr and "Traceback" not in r.stderr

@@ -56,7 +56,7 @@ class Server:
 
     def __init__(self, settings: Settings, engine: Engine | None = None, wait: bool = True) -> None:
         self.app = create_app(settings, engine=engine)
-        sock = socket.socket()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so TCP_NODELAY
         sock.bind(("127.0.0.1", 0))
         self.root = f"http://127.0.0.1:{sock.getsockname()[1]}"
         self.base_url = self.root + "/v1"

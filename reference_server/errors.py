@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -90,7 +91,33 @@ def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | No
     return out or None
 
 
+# --8<-- [start:most_relevant]
+def most_relevant(errors: list[dict[str, Any]], body: Any) -> dict[str, Any]:
+    """The error to report when pydantic gives several (one per branch of a union).
+
+    A list sent for ``stop`` fails the ``str`` branch ("should be a valid string") and the list
+    branch ("at most 4 items"); the second is the one the client needs. Prefer the error that
+    reaches deepest into what the client sent, then one that is not a plain type mismatch.
+    """
+    def rank(err: dict[str, Any]) -> tuple[int, int, int]:
+        param = loc_to_param(err.get("loc", ()), body) or ""
+        depth = param.count(".") + param.count("[") + bool(param)
+        mismatch = str(err.get("type", "")).endswith("_type")
+        return depth, not mismatch, -errors.index(err)
+    return max(errors, key=rank) if errors else {}
+# --8<-- [end:most_relevant]
+
+
+_CONTENT_PART_TYPE = re.compile(r"messages\[\d+\]\.content\[\d+\]\.type")
+
+
 def _validation_message(err: dict[str, Any], param: str | None) -> str:
+    if err.get("type") == "union_tag_invalid":  # e.g. an unknown message role
+        ctx = err.get("ctx", {})
+        return f"Invalid value for '{param}': {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}."
+    if param and err.get("type") == "literal_error" and _CONTENT_PART_TYPE.fullmatch(param):
+        return (f"Invalid content type: '{err.get('input')}' parts are not supported by this model, "
+                f"which reads text only. Send 'text' parts or a string.")
     if param is None:
         return f"The request body must be a JSON object: {err.get('msg', 'invalid body')}."
     if err.get("type") == "missing":
@@ -104,7 +131,7 @@ def _validation_message(err: dict[str, Any], param: str | None) -> str:
 
 # --8<-- [start:validation_handler]
 async def _on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
+    errors = list(exc.errors())
     first = errors[0] if errors else {}
     if first.get("type") == "json_invalid" or (first.get("loc") == ("body",) and first.get("type") == "missing"):
         message = ("We could not parse the JSON body of your request. The API expects a JSON object "
@@ -115,8 +142,11 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
         message = (f"The request body must be JSON, sent with 'Content-Type: application/json' "
                    f"(got {content_type or 'no Content-Type'}).")
         return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
-    param = loc_to_param(first.get("loc", ()), exc.body)
-    return JSONResponse(error_body(_validation_message(first, param), "invalid_request_error", param),
+    chosen = most_relevant(errors, exc.body)
+    param = loc_to_param(chosen.get("loc", ()), exc.body)
+    if chosen.get("type") == "union_tag_invalid" and param:  # name the field that chose the branch
+        param += "." + str(chosen.get("ctx", {}).get("discriminator", "")).strip("'")
+    return JSONResponse(error_body(_validation_message(chosen, param), "invalid_request_error", param),
                         status_code=400)
 # --8<-- [end:validation_handler]
 

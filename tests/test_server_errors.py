@@ -78,11 +78,22 @@ def test_out_of_range_values(http, field, value, param):
 
 
 def test_bad_message_role_and_shape(http):
-    envelope(http.post(CHAT, json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}), 400,
-             param="messages[0]")
+    err = envelope(http.post(CHAT, json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}), 400,
+                   param="messages[0].role")
+    assert "'wizard' is not one of" in err["message"] and "'assistant'" in err["message"]
     envelope(http.post(CHAT, json={"model": MODEL, "messages": [{"role": "user"}]}), 400,
              param="messages[0].content")
     envelope(http.post(CHAT, json={"model": MODEL, "messages": []}), 400, param="messages")
+
+
+def test_union_errors_report_the_branch_the_client_meant(http):
+    """A list for ``stop`` is judged as a list (too long), not as "should be a valid string"."""
+    err = envelope(http.post(CHAT, json={"model": MODEL, "messages": HI, "stop": list("abcde")}), 400, param="stop")
+    assert "at most 4 items" in err["message"], err["message"]
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    err = envelope(http.post(CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "What is this?"}, image]}]}), 400, param="messages[0].content[1].type")
+    assert "'image_url' parts are not supported" in err["message"] and "text only" in err["message"]
 
 
 def test_unrecognised_argument_is_refused_like_openai(http):

@@ -171,6 +171,9 @@ def errors(srv: Server, settings: Settings, engine: Engine) -> None:
         record("out_of_range", http.post(CHAT, json={"model": MODEL, "messages": hi, "temperature": 3}))
         record("missing_parameter", http.post(CHAT, json={"model": MODEL}))
         record("bad_role", http.post(CHAT, json={"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]}))
+        record("image_part", http.post(CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}))
         record("malformed_json", http.post(CHAT, content=b'{"model": "x", "messages": [', headers={
             "Content-Type": "application/json"}))
         record("context_length_exceeded_max_tokens",

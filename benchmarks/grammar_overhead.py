@@ -10,7 +10,10 @@ tests/test_tools.py:
    "lenient": a valid call or JSON object can be dug out of the text somewhere.
 2. Auto mode's decisions (step 1, the call-or-empty-list grammar): does the model call when a
    tool fits, the right one, and abstain when none does?
-3. Latency. The same prompt, with the grammar and without, for the same number of tokens (the
+3. Latency. The same prompt three ways: with the grammar as the server applies it (the
+   likeliest tokens checked first, grammar_filter.py), with the grammar checked against the
+   whole vocabulary at every step (llama-cpp-python's ``grammar=``, the prefilter off; its
+   output must be identical), and without a grammar, for the same number of tokens (the
    free run is held to the grammar run's count by banning end-of-turn): medians over
    ``--repeats`` of time to first token (prefill + first sampled token), milliseconds per
    token after the first, and the whole generation; plus the time ``tools.plan`` takes to
@@ -186,8 +189,12 @@ async def latency(engine: Engine, repeats: int, max_other_load: float, attempts:
     }
     meter = LoadMeter([__import__("os").getpid()])
     print(f"\n#### Latency: with the grammar vs free, same prompt, same token count (median of {repeats})\n")
-    print("| mode | prompt tokens | tokens | plan (schema to grammar) | TTFT grammar / free | ms per token "
-          "grammar / free | total grammar / free | added | other load |")
+    print("Three runs of each prompt: the server's grammar (likeliest tokens checked first, "
+          "`reference_server/grammar_filter.py`), the same grammar checked against the whole vocabulary "
+          "at every step (llama-cpp-python's `grammar=`), and no grammar.\n")
+    print("| mode | prompt tokens | tokens | plan (schema to grammar) | TTFT grammar / free | ms per token: "
+          "server / whole vocabulary / free | total: server / whole vocabulary / free | added: server / "
+          "whole vocabulary | other load |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for label, body in modes.items():
         plans = []
@@ -197,21 +204,28 @@ async def latency(engine: Engine, repeats: int, max_other_load: float, attempts:
             tools.plan(engine, body)
             plans.append(time.perf_counter() - start)
         prompt, grammar = build(engine, body)
-        g_runs, f_runs, loads = [], [], []
+        g_runs, v_runs, f_runs, loads = [], [], [], []
         for _ in range(repeats):  # a pair at a time, so a disturbance hits both sides alike
             tried = []
             for _ in range(attempts):  # a neighbour's burst of CPU measures the neighbour: retry
                 with meter.measure() as window:
                     g = await run(engine, prompt, grammar, MAX_TOKENS)
+                    engine.grammar_prefilter = False
+                    try:
+                        v = await run(engine, prompt, grammar, MAX_TOKENS)
+                    finally:
+                        engine.grammar_prefilter = True
                     f = await run(engine, prompt, None, g["tokens"], ban_eog=True)
-                tried.append((window.other or 0.0, g, f))
+                tried.append((window.other or 0.0, g, v, f))
                 if window.other is None or window.other <= max_other_load:
                     break
-            other, g, f = min(tried, key=lambda t: t[0])
+            other, g, v, f = min(tried, key=lambda t: t[0])
             g_runs.append(g)
+            v_runs.append(v)
             f_runs.append(f)
             loads.append(other)
         assert all(f["tokens"] == g["tokens"] for f, g in zip(f_runs, g_runs))
+        assert all(v["text"] == g["text"] for v, g in zip(v_runs, g_runs)), "the prefilter changed the output"
 
         def med(runs: list[dict[str, Any]], key: str) -> float:
             return statistics.median(r[key] for r in runs)
@@ -219,12 +233,12 @@ async def latency(engine: Engine, repeats: int, max_other_load: float, attempts:
         def per_token(runs: list[dict[str, Any]]) -> float:
             return statistics.median((r["total"] - r["ttft"]) / max(r["tokens"] - 1, 1) for r in runs) * 1000
 
-        g_total, f_total = med(g_runs, "total"), med(f_runs, "total")
+        g_total, v_total, f_total = med(g_runs, "total"), med(v_runs, "total"), med(f_runs, "total")
         load = f"{100 * statistics.median(loads):.0f}%"
         print(f"| {label} | {len(prompt)} | {g_runs[0]['tokens']} | {1000 * statistics.median(plans):.1f} ms "
               f"| {med(g_runs, 'ttft'):.3f} / {med(f_runs, 'ttft'):.3f} s | {per_token(g_runs):.1f} / "
-              f"{per_token(f_runs):.1f} | {g_total:.2f} / {f_total:.2f} s | {100 * (g_total / f_total - 1):+.0f}% "
-              f"| {load} |")
+              f"{per_token(v_runs):.1f} / {per_token(f_runs):.1f} | {g_total:.2f} / {v_total:.2f} / {f_total:.2f} s "
+              f"| {100 * (g_total / f_total - 1):+.0f}% / {100 * (v_total / f_total - 1):+.0f}% | {load} |")
 
 
 async def main() -> None:

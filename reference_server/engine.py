@@ -1,4 +1,4 @@
-"""The engine: the only module that touches llama.cpp.
+"""The engine: the only module that touches llama.cpp (with grammar_filter.py, its helper).
 
 Everything above this seam speaks in prompts (text or token ids), ``SamplingParams`` and
 plain events, so tests, labs and future backends (batching, an upstream provider) can plug in
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import errors
+from .grammar_filter import GrammarFilter, penalties_off
 from .sampling import SamplingParams, StopMatcher
 from .settings import Settings
 
@@ -150,7 +151,11 @@ class Engine:
         self._embedder: Any = None
         self._template: Any = None
         self._eog: frozenset[int] = frozenset()
-        self.stats = {"completed": 0, "cancelled": 0, "tokens": 0}  # read by tests and /health
+        self.stats = {"completed": 0, "cancelled": 0, "tokens": 0,  # read by tests and benchmarks
+                      "grammar_steps_top": 0, "grammar_steps_full": 0}
+        # Grammars check the likeliest tokens first when that cannot change the result
+        # (grammar_filter.py); False: llama-cpp-python checks the whole vocabulary every step.
+        self.grammar_prefilter = True
         # Every llama.cpp call (load, generate, embed) runs on this one thread. OpenMP keeps a
         # thread pool per calling thread; two pools on two cores stop spin-waiting, and decoding
         # lost about a third of its speed after the first embeddings request (benchmarks/).
@@ -285,7 +290,11 @@ class Engine:
             llm.reset()
             seed = p.seed + index if p.seed is not None else random.randrange(2**31)
             llm.set_seed(seed & 0xFFFFFFFF)
-            grammar = LlamaGrammar.from_string(p.grammar, verbose=False) if p.grammar else None
+            grammar = gfilter = None
+            if p.grammar and self.grammar_prefilter and penalties_off(p):  # same tokens, less work
+                gfilter = GrammarFilter(llm._model.vocab, llm.n_vocab(), p.grammar, p)
+            elif p.grammar:
+                grammar = LlamaGrammar.from_string(p.grammar, verbose=False)
             budget = min(p.max_tokens, self.n_ctx - len(prompt))
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             stops = StopMatcher(p.stop)
@@ -294,7 +303,7 @@ class Engine:
                 prompt, top_k=p.top_k, top_p=p.top_p, min_p=p.min_p, temp=p.temperature,
                 repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
                 presence_penalty=p.presence_penalty, reset=True, grammar=grammar,
-                logits_processor=processors)
+                logits_processor=[*(processors or []), gfilter] if gfilter else processors)
             for token in tokens if budget > 0 else ():
                 if cancel.is_set():
                     self.stats["cancelled"] += 1
@@ -303,6 +312,8 @@ class Engine:
                 if token in self._eog:
                     finish = "stop"
                     break
+                if gfilter:
+                    gfilter.accept(token)
                 count += 1
                 piece = llm.detokenize([token])
                 if p.logprobs is not None:
@@ -317,6 +328,10 @@ class Engine:
                 if count >= budget:
                     break
             tokens.close()
+            if gfilter:
+                self.stats["grammar_steps_top"] += gfilter.steps["top"]
+                self.stats["grammar_steps_full"] += gfilter.steps["full"]
+                gfilter.close()
             tail = stops.feed(decoder.decode(b"", final=True)) + stops.flush()
             if tail or pending_lp:
                 emit(TextDelta(index, tail, pending_lp))

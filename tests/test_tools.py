@@ -274,6 +274,80 @@ def test_text_format_is_plain_chat(client):
     assert text.choices[0].message.content == plain.choices[0].message.content
 
 
+# ---- the grammar prefilter: cheaper, and the same tokens ----------------------------------------
+
+def _generate_both_ways(engine: Engine, body: dict, params: dict) -> tuple[str, str, dict]:
+    """The same request with the prefilter off and on; returns both texts and the step counts."""
+    import asyncio
+
+    from reference_server.engine import TextDelta
+    from reference_server.protocol import CreateChatCompletionRequest
+    from reference_server.routers.chat import template_messages
+    from reference_server.sampling import SamplingParams
+
+    request = CreateChatCompletionRequest(model=MODEL, **body)
+    plan = tools.plan(engine, request)
+    prompt = engine.tokenize(engine.render_chat(template_messages(request, plan.instructions)))
+
+    async def text() -> str:
+        out = ""
+        async for event in engine.generate(prompt, SamplingParams(grammar=plan.grammar, **params)):
+            out += event.text if isinstance(event, TextDelta) else ""
+        return out
+
+    before = dict(engine.stats)
+    try:
+        engine.grammar_prefilter = False
+        full = asyncio.run(text())
+        engine.grammar_prefilter = True
+        fast = asyncio.run(text())
+    finally:
+        engine.grammar_prefilter = True
+    steps = {k: engine.stats[k] - before[k] for k in ("grammar_steps_top", "grammar_steps_full")}
+    return full, fast, steps
+
+
+PREFILTER_CASES = [
+    {"messages": [{"role": "user", "content": "Book a table for 4 at Luigi's at 19:30."}], "tools": TOOLS,
+     "tool_choice": "required"},
+    {"messages": [{"role": "user", "content": "Tell me about Paris."}],
+     "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMAS["city"]}}},
+    {"messages": [{"role": "user", "content": "Describe a cat as a JSON object."}],
+     "response_format": {"type": "json_object"}},
+]
+
+
+@pytest.mark.parametrize("body", PREFILTER_CASES, ids=["required", "json_schema", "json_object"])
+@pytest.mark.parametrize("params", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 7}], ids=["greedy", "seeded"])
+def test_grammar_prefilter_changes_nothing_but_the_work(engine, body, params):
+    """Checking the likeliest tokens first must give the very tokens the full check gives."""
+    full, fast, steps = _generate_both_ways(engine, body, {"max_tokens": 64, **params})
+    assert fast == full
+    assert steps["grammar_steps_top"] > steps["grammar_steps_full"] >= 0  # the shortcut was taken
+
+
+def test_grammar_prefilter_rules():
+    """When checking only the K likeliest tokens is known to pick what the full check picks."""
+    import numpy as np
+
+    from reference_server.grammar_filter import K, same_choice
+    from reference_server.sampling import SamplingParams
+
+    logits = np.linspace(10.0, 0.0, K).astype(np.single)  # the K likeliest, best first
+    one = np.zeros(K, bool)
+    one[-1] = True  # only the least likely of the K is legal
+    many = np.ones(K, bool)
+    assert same_choice(SamplingParams(max_tokens=1, temperature=0.0), logits, one)  # greedy: any legal one
+    assert same_choice(SamplingParams(max_tokens=1, top_k=40, top_p=0.9), logits, many)  # 40 legal: top-k
+    # min_p: outside tokens (logit <= 0) are cut only if the best legal logit is > -log(min_p) above them
+    assert not same_choice(SamplingParams(max_tokens=1, top_p=1.0, min_p=0.05), logits, one)
+    best = np.zeros(K, bool)
+    best[0] = True
+    assert same_choice(SamplingParams(max_tokens=1, top_p=1.0, min_p=0.05), logits, best)
+    assert not same_choice(SamplingParams(max_tokens=1, top_p=0.9, min_p=0.05), logits, best)  # top_p renormalises
+    assert not same_choice(SamplingParams(max_tokens=1, top_p=1.0, min_p=0.0, top_k=0), logits, best)
+
+
 # ---- streaming -----------------------------------------------------------------------------------
 
 def stream_calls(client, prompt: str, **kwargs) -> tuple[dict[int, dict], list[str]]:

@@ -71,12 +71,13 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, n_ctx: int, par
 # --8<-- [end:constructors]
 
 
-def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | None:
+def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None, absent_key: bool = True) -> str | None:
     """('body', 'messages', 0, 'user', 'content') -> 'messages[0].content'.
 
     Pydantic puts union-branch labels (a discriminator's tag, 'str', 'list[...]') into the
     location; they are not fields the client sent. Walking the request body alongside the
-    location keeps only real keys and indexes (plus a trailing missing key).
+    location keeps only real keys and indexes, plus a trailing key the client did not send
+    when ``absent_key`` (the error is about a missing or unknown field).
     """
     parts = list(loc[1:] if loc and loc[0] == "body" else loc)
     out, cur = "", body
@@ -86,9 +87,14 @@ def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None) -> str | No
             out, cur = out + f"[{part}]", cur[part]
         elif isinstance(cur, dict) and part in cur:
             out, cur = out + (f".{part}" if out else str(part)), cur[part]
-        elif last and (isinstance(cur, dict) or body is None) and not isinstance(part, int):
+        elif last and absent_key and (isinstance(cur, dict) or body is None) and not isinstance(part, int):
             out += f".{part}" if out else str(part)
     return out or None
+
+
+def _absent_key(err: dict[str, Any]) -> bool:
+    """Whether the error's last location is a field the client did not send (or should not have)."""
+    return err.get("type") in ("missing", "extra_forbidden") or err.get("type") is None
 
 
 # --8<-- [start:most_relevant]
@@ -100,9 +106,10 @@ def most_relevant(errors: list[dict[str, Any]], body: Any) -> dict[str, Any]:
     reaches deepest into what the client sent, then one that is not a plain type mismatch.
     """
     def rank(err: dict[str, Any]) -> tuple[int, int, int]:
-        param = loc_to_param(err.get("loc", ()), body) or ""
+        param = loc_to_param(err.get("loc", ()), body, _absent_key(err)) or ""
         depth = param.count(".") + param.count("[") + bool(param)
-        mismatch = str(err.get("type", "")).endswith("_type")
+        kind = str(err.get("type", ""))
+        mismatch = kind.endswith("_type") or kind == "literal_error" and isinstance(err.get("input"), (dict, list))
         return depth, not mismatch, -errors.index(err)
     return max(errors, key=rank) if errors else {}
 # --8<-- [end:most_relevant]
@@ -120,7 +127,7 @@ def _validation_message(err: dict[str, Any], param: str | None) -> str:
                 f"which reads text only. Send 'text' parts or a string.")
     if param is None:
         return f"The request body must be a JSON object: {err.get('msg', 'invalid body')}."
-    if err.get("type") == "missing":
+    if err.get("type") in ("missing", "union_tag_not_found"):
         return f"Missing required parameter: '{param}'."
     if err.get("type") == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}"
@@ -143,8 +150,8 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
                    f"(got {content_type or 'no Content-Type'}).")
         return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
     chosen = most_relevant(errors, exc.body)
-    param = loc_to_param(chosen.get("loc", ()), exc.body)
-    if chosen.get("type") == "union_tag_invalid" and param:  # name the field that chose the branch
+    param = loc_to_param(chosen.get("loc", ()), exc.body, _absent_key(chosen))
+    if chosen.get("type") in ("union_tag_invalid", "union_tag_not_found") and param:  # the field that picks the branch
         param += "." + str(chosen.get("ctx", {}).get("discriminator", "")).strip("'")
     return JSONResponse(error_body(_validation_message(chosen, param), "invalid_request_error", param),
                         status_code=400)

@@ -113,7 +113,33 @@ class ChatCompletionNamedToolChoice(_Part):
     function: NamedToolChoiceFunction
 
 
-ToolChoice = Union[Literal["none", "auto", "required"], ChatCompletionNamedToolChoice]
+class AllowedToolReference(_Part):
+    type: Literal["function"]
+    function: NamedToolChoiceFunction
+
+
+class AllowedTools(_Part):
+    mode: Literal["auto", "required"]
+    tools: list[AllowedToolReference] = Field(min_length=1)
+
+
+class ChatCompletionAllowedToolsChoice(_Part):
+    """Only these of ``tools`` may be called, in ``mode`` auto or required."""
+
+    type: Literal["allowed_tools"]
+    allowed_tools: AllowedTools
+
+
+class ChatCompletionNamedToolChoiceCustom(_Part):
+    """In the spec for custom (free-form) tools; refused by tools.py with a clear 400."""
+
+    type: Literal["custom"]
+    custom: dict[str, Any]
+
+
+ToolChoice = Union[Literal["none", "auto", "required"], Annotated[
+    Union[ChatCompletionNamedToolChoice, ChatCompletionAllowedToolsChoice, ChatCompletionNamedToolChoiceCustom],
+    Field(discriminator="type")]]
 
 
 class ResponseFormatText(_Part):

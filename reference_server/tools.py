@@ -66,8 +66,9 @@ import jsonschema
 from . import errors
 from .engine import ChoiceDone, Engine, Event, TextDelta
 from .grammars import Rules, UnsupportedSchema, schema_rules
-from .protocol import (AssistantMessage, ChatCompletionNamedToolChoice, CreateChatCompletionRequest,
-                       ToolMessage, content_text)
+from .protocol import (AssistantMessage, ChatCompletionAllowedToolsChoice, ChatCompletionNamedToolChoice,
+                       ChatCompletionNamedToolChoiceCustom, CreateChatCompletionRequest, ToolMessage,
+                       content_text)
 from .sampling import SamplingParams
 
 DEFAULT_MAX_TOKENS = 512  # tool calls and JSON replies when the client sets no max_tokens
@@ -141,8 +142,7 @@ class _Tool:
 def plan(engine: Engine, body: CreateChatCompletionRequest) -> Plan:
     """Validates tools, tool_choice, response_format and the tool messages; 400 on anything wrong."""
     _check_tool_messages(body)
-    tools = _tools(engine, body)
-    choice = _tool_choice(body, tools)
+    choice, tools = _tool_choice(body, _tools(engine, body))
     content = _response_format(engine, body)
     answer = Plan(instructions=_format_instructions(body) if content else "",
                   grammar=content.gbnf() if content else None,
@@ -181,22 +181,34 @@ def _tools(engine: Engine, body: CreateChatCompletionRequest) -> list[_Tool]:
     return out
 
 
-def _tool_choice(body: CreateChatCompletionRequest, tools: list[_Tool]) -> str:
-    """'none' | 'auto' | 'required' | the name of the forced function."""
+def _tool_choice(body: CreateChatCompletionRequest, tools: list[_Tool]) -> tuple[str, list[_Tool]]:
+    """'none' | 'auto' | 'required' | the name of the forced function, and the tools it may call."""
     choice = body.tool_choice
     if not tools:
         if choice is not None and choice != "none":
             raise errors.invalid_request("Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
                                          "'tools' are specified.", param="tool_choice")
-        return "none"
+        return "none", tools
     if choice is None:
-        return "auto"
+        return "auto", tools
+    if isinstance(choice, ChatCompletionNamedToolChoiceCustom):
+        raise errors.invalid_request("Custom tools are not supported by this server; declare a 'function' tool "
+                                     "and name it with {'type': 'function', ...}.", param="tool_choice.type")
     if isinstance(choice, ChatCompletionNamedToolChoice):
         if not any(t.name == choice.function.name for t in tools):
             raise errors.invalid_request(f"Invalid value for 'tool_choice': no function named "
                                          f"{choice.function.name!r} in 'tools'.", param="tool_choice")
-        return choice.function.name
-    return choice
+        return choice.function.name, tools
+    if isinstance(choice, ChatCompletionAllowedToolsChoice):  # a subset, in mode auto or required
+        allowed = []
+        for i, ref in enumerate(choice.allowed_tools.tools):
+            if not any(t.name == ref.function.name for t in tools):
+                raise errors.invalid_request(
+                    f"Invalid value for 'tool_choice': no function named {ref.function.name!r} in 'tools'.",
+                    param=f"tool_choice.allowed_tools.tools[{i}].function.name")
+            allowed.append(ref.function.name)
+        return choice.allowed_tools.mode, [t for t in tools if t.name in allowed]
+    return choice, tools
 
 
 def _response_format(engine: Engine, body: CreateChatCompletionRequest) -> Rules | None:

@@ -186,6 +186,26 @@ def test_required_tool_choice_always_validates(client, prompt):
     assert_valid_calls(r.choices[0])
 
 
+@pytest.mark.parametrize("prompt", ["What time is it in Tokyo?", "What's the weather in Paris?"])
+def test_allowed_tools_required_calls_only_the_allowed(client, prompt):
+    """tool_choice allowed_tools: the full list is declared, only a subset may be called."""
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+        {"type": "function", "function": {"name": "book_table"}}]}}
+    r = ask(client, prompt, tools=TOOLS, tool_choice=allowed, max_tokens=96)
+    assert {call.function.name for call in assert_valid_calls(r.choices[0])} == {"book_table"}
+
+
+def test_allowed_tools_auto_calls_nothing_else(client):
+    allowed = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
+        {"type": "function", "function": {"name": "get_weather"}}]}}
+    choice = ask(client, "Book a table for two at Luigi's.", tools=TOOLS, tool_choice=allowed,
+                 parallel_tool_calls=False, max_tokens=96).choices[0]
+    if choice.message.tool_calls:
+        assert_valid_calls(choice, {"get_weather"})
+    else:
+        assert choice.message.content and choice.finish_reason in ("stop", "length")
+
+
 def test_parallel_tool_calls_false_means_exactly_one_call(client):
     r = ask(client, "Weather in Rome and in Milan?", tools=WEATHER, tool_choice="required",
             parallel_tool_calls=False, max_tokens=96)
@@ -434,6 +454,16 @@ BAD = {
     "tool_choice names an unknown function": ({"tools": WEATHER, "tool_choice": {
         "type": "function", "function": {"name": "get_time"}}}, "tool_choice"),
     "tool_choice without tools": ({"tool_choice": "required"}, "tool_choice"),
+    "allowed_tools names an unknown function": ({"tools": WEATHER, "tool_choice": {
+        "type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+            {"type": "function", "function": {"name": "get_time"}}]}}},
+        "tool_choice.allowed_tools.tools[0].function.name"),
+    "allowed_tools with an unknown mode": ({"tools": WEATHER, "tool_choice": {
+        "type": "allowed_tools", "allowed_tools": {"mode": "sometimes", "tools": [
+            {"type": "function", "function": {"name": "get_weather"}}]}}}, "tool_choice.allowed_tools.mode"),
+    "tool_choice of an unknown type": ({"tools": WEATHER, "tool_choice": {"type": "bogus"}}, "tool_choice.type"),
+    "custom tool_choice": ({"tools": WEATHER, "tool_choice": {"type": "custom", "custom": {"name": "x"}}},
+                           "tool_choice.type"),
     "tool message without tool_call_id": ({"messages": CALLED + [{"role": "tool", "content": "18C"}]},
                                           "messages[2].tool_call_id"),
     "tool message answering no call": ({"messages": CALLED + [{"role": "tool", "tool_call_id": "call_2",

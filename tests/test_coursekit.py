@@ -531,3 +531,11 @@ def test_cli_machine_prints_this_machine(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["machine"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info == checkpoint.machine_info()
+
+
+def test_labs_model_id_is_what_the_server_serves():
+    """The labs' checks send coursekit.model.MODEL_ID; the reference server must answer to it."""
+    from coursekit.model import MODEL_ID
+    from reference_server.settings import Settings
+
+    assert Settings().served_model_id == MODEL_ID

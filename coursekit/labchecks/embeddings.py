@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..model import MODEL_ID
 
 REQUEST = Section("06-embeddings", "A request and its response")
 POOLING = Section("06-embeddings", "Mean pooling and normalisation")
@@ -18,7 +19,6 @@ ENDPOINT = Section("06-embeddings", "The endpoint")
 PITFALLS = Section("06-embeddings", "Pitfalls that break real clients")
 SECTIONS = (REQUEST, POOLING, MEANING, BASE64, ENDPOINT, PITFALLS)
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 DIMENSIONS = 576
 
 #: queries whose best document the lab's corpus and SmolLM2's mean-pooled vectors agree on, each by a

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, schema_problems, short, type_name
+from ..model import MODEL_ID
 
 ENVELOPE = Section("05-errors", "The envelope")
 STATUS = Section("05-errors", "Status codes, and what the official client does with each")
@@ -19,7 +20,6 @@ PITFALLS = Section("05-errors", "Pitfalls that break real clients")
 VALIDATION = Section("03-fastapi-basics", "Validation errors in OpenAI's shape")
 SECTIONS = (ENVELOPE, STATUS, CONTEXT, OTHER, OVERLOAD, AUTH, CLIENT, PITFALLS, VALIDATION)
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 CHAT = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4, "temperature": 0}
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short
+from ..model import MODEL_ID
 
 SHAPING = Section("02-openai-format", "A request and its response")
 ROUTES = Section("03-fastapi-basics", "The app factory")
@@ -15,7 +16,6 @@ CLIENT = Section("01-api-design", "What a client actually depends on")
 ONE_MODEL = Section("01-api-design", "One model, one name")
 SECTIONS = (SHAPING, ROUTES, REQUESTS, CLIENT, ONE_MODEL)
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 
 #: what llama-cpp-python's create_completion returns (shortened): the input of to_chat_completion
 SAMPLE_RAW = {

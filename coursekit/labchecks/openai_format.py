@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..model import MODEL_ID
 
 REQUEST = Section("02-openai-format", "A request and its response")
 RESPONSE = REQUEST
@@ -14,7 +15,6 @@ CHUNKS = Section("04-streaming", "The sequence of chunks")
 PITFALLS = Section("02-openai-format", "Pitfalls that break real clients")
 SECTIONS = (REQUEST, CHUNKS, PITFALLS)
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 
 #: the answer of a server with every classic mistake (the lab shows it, then fixes it)
 BROKEN_RESPONSE: dict[str, Any] = {

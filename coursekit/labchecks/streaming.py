@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, schema_problems, short, type_name
+from ..model import MODEL_ID
 
 WIRE = Section("04-streaming", "The wire format")
 CHUNKS = Section("04-streaming", "The sequence of chunks")
@@ -15,7 +16,6 @@ READING = Section("04-streaming", "Reading a stream")
 PITFALLS = Section("04-streaming", "Pitfalls that break real clients")
 SECTIONS = (WIRE, CHUNKS, FRAMING, READING, PITFALLS)
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 META = {"id": "chatcmpl-lab4example", "created": 1748779200, "model": MODEL_ID}
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..model import MODEL_ID
 
 CALLS = Section("07-tools", "A forced call, request and response")
 LOOP = Section("07-tools", "The round trip")
@@ -14,7 +15,6 @@ GRAMMARS = Section("07-tools", "Grammars: constraining sampling")
 STRUCTURED = Section("07-tools", "Structured outputs: `response_format`")
 SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED)
 
-MODEL_ID = "SmolLM2-135M-Instruct"
 
 
 def _response(message: Any, finish_reason: str = "tool_calls") -> dict[str, Any]:

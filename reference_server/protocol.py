@@ -17,11 +17,11 @@ from pydantic_core import PydanticCustomError
 
 # --8<-- [start:body_config]
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 # --8<-- [end:body_config]
 
 
@@ -59,6 +59,11 @@ class UserMessage(_Part):
 
 
 class AssistantMessage(_Part):
+    # The rule below, in JSON Schema, so the OpenAPI document admits only what is accepted.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]})
+
     role: Literal["assistant"]
     content: Content | None = None
     name: str | None = None
@@ -179,8 +184,16 @@ class StreamOptions(_Part):
 Stop = Union[str, Annotated[list[str], Field(max_length=4)], None]
 
 
+def _needs(field: str, flag: str) -> dict[str, Any]:
+    """``field`` (when not null) needs ``flag`` true: a validator's rule in JSON Schema, for /docs."""
+    return {"anyOf": [{"properties": {field: {"type": "null"}}},
+                      {"required": [flag], "properties": {flag: {"const": True}}}]}
+
+
 # --8<-- [start:sampling_fields]
 class _Sampling(_Body):
+    model_config = ConfigDict(json_schema_extra={"allOf": [_needs("stream_options", "stream")]})
+
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
@@ -191,7 +204,8 @@ class _Sampling(_Body):
     max_tokens: int | None = Field(None, ge=1)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
+    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = Field(
+        None, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
     seed: int | None = None
     user: str | None = None
     # llama.cpp extensions that its users expect
@@ -207,6 +221,15 @@ class _Sampling(_Body):
                                       "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias_keys_are_token_ids(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for key in value or {}:
+            if not (key.isascii() and key.isdigit()):  # not str.isdigit alone: int("²") fails
+                raise PydanticCustomError("cross_field", "Invalid key in 'logit_bias': '{key}' is not a token id "
+                                          "(a non-negative integer, in digits).", {"key": key})
+        return value
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -216,6 +239,9 @@ class _Sampling(_Body):
 
 # --8<-- [start:chat_request]
 class CreateChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra={"allOf": [_needs("stream_options", "stream"),
+                                                           _needs("top_logprobs", "logprobs")]})
+
     messages: list[ChatCompletionRequestMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
@@ -260,7 +286,9 @@ class CreateChatCompletionRequest(_Sampling):
 # --8<-- [end:chat_request]
 
 
-Prompt = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
+# A prompt string cannot be empty: without a BOS token (SmolLM2 has none) it has no token to start from.
+PromptText = Annotated[str, Field(min_length=1)]
+Prompt = Union[PromptText, list[PromptText], Annotated[list[int], Field(min_length=1)], list[list[int]]]
 
 
 class CreateCompletionRequest(_Sampling):

@@ -6,9 +6,9 @@ code can be read next to it. The JSON Schemas in schemas/ are what the tests val
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
-from typing_extensions import NotRequired
+from typing_extensions import NotRequired, TypedDict  # pydantic reads these for /openapi.json (Python < 3.12)
 
 
 class ErrorObject(TypedDict):
@@ -140,6 +140,12 @@ class Model(TypedDict):
 class ListModelsResponse(TypedDict):
     object: Literal["list"]
     data: list[Model]
+
+
+class HealthResponse(TypedDict):
+    status: Literal["ok"]
+    model: str
+    queue_depth: int
 
 
 JSON = dict[str, Any]

@@ -1,0 +1,285 @@
+"""The OpenAPI document (``/openapi.json``, shown at ``/docs``), made to say what the server does.
+
+FastAPI generates it from the routes and the request models. Left alone, it declares a 422 the
+server never sends, no error body, no response schema for routes that return plain dicts
+(``response_model=None``: no validation cost per response), and any string as ``model``.
+``document`` starts from FastAPI's and corrects it, once, when it is first asked for:
+
+- Statuses. Each route declares those it answers itself (``responses(...)`` in its decorator:
+  404, 429, 503); those a kind of route shares are added here: 400 and 413 where a body is
+  read, 401 where an API key is required. No 422. Every error has its protocol's envelope.
+- 200s: the TypedDicts of serving/types.py; for a stream, the schema of each event.
+- Requests: ``model`` is one of the served ids (known from the settings before the model loads),
+  the limits (limits.py) and the context window bound lists and counts, and the local backend's
+  refusals that JSON Schema can say are said (``_local_backend_rules``). What it cannot say (the
+  vocabulary, the context window in tokens, tool definitions) is written on the field.
+
+tests/test_openapi.py checks the result against the server, and tests/test_fuzz.py fuzzes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute, iter_route_contexts
+from pydantic import TypeAdapter
+
+from . import errors, limits
+from .api.auth import require_api_key
+from .settings import Settings
+
+REF = "#/components/schemas/"
+
+STATUS = {
+    200: "OK.",
+    400: "Invalid request: the error's `param` names the field at fault.",
+    401: "Missing or wrong API key.",
+    404: "No such model: `model` must be one of the served ids.",
+    413: "Request body larger than the server accepts (setting max_body_bytes).",
+    429: "The queue for the model is full (setting max_queue); retry after Retry-After seconds.",
+    503: "The model is loading or failed to load, or the server is shutting down; retry after Retry-After.",
+}
+
+DESCRIPTION = """An OpenAI-compatible API served by a local llama.cpp model.
+
+Every error is OpenAI's envelope, `{"error": {"message", "type", "param", "code"}}`, with one of the
+statuses listed on its operation. The request schemas say what the server enforces: the served model
+ids, the limits of this server, the rules between fields. What JSON Schema cannot say (the context
+window in tokens, the model's vocabulary, whether a tool's JSON Schema can be enforced) is written on
+the field, and refused with a 400 that names it."""
+
+_STREAM_TYPES: dict[str, Any] = {}  # event types named by routes, resolved when the document is built
+
+
+# --8<-- [start:responses]
+def responses(ok: Any = None, *, stream: Any = None, errors: Iterable[int] = ()) -> dict[int | str, Any]:
+    """A route decorator's ``responses=``: the 200 body (and stream event) types, and the error
+    statuses the route answers itself. ``document`` adds the shared ones and the error bodies."""
+    out: dict[int | str, Any] = {code: {"description": STATUS[code]} for code in errors}
+    if ok is not None:
+        out[200] = {"model": ok, "description": STATUS[200]}
+        if stream is not None:  # with "stream": true the same route answers Server-Sent Events
+            _STREAM_TYPES[stream.__name__] = stream
+            out[200]["content"] = {"text/event-stream": {"x-event-type": stream.__name__}}
+    return out
+# --8<-- [end:responses]
+
+
+def install(app: FastAPI, settings: Settings, model_ids: list[str]) -> None:
+    """Serves ``document`` as the app's OpenAPI document (built on first request, then cached)."""
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = document(app, settings, model_ids)
+        return app.openapi_schema
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# --8<-- [start:document]
+def document(app: FastAPI, settings: Settings, model_ids: list[str]) -> dict[str, Any]:
+    doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
+                      description=DESCRIPTION, routes=app.routes)
+    components = doc.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body
+        components.pop(unused, None)
+    keyed = bool(settings.api_keys)
+    for route in iter_route_contexts(app.routes):  # each route with its router's prefix and dependencies
+        if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
+            continue
+        for method in route.methods:
+            operation = doc["paths"][route.path_format][method.lower()]
+            _statuses(operation, method, keyed and _requires_key(route.dependant))
+            _bodies(operation, route.path_format, components)
+            _served_models(operation, components, model_ids)
+    limits.apply_to_schema(components, settings)
+    _context_window(components, settings.n_ctx)
+    _local_backend_rules(components)
+    if keyed:
+        doc["components"]["securitySchemes"] = {"apiKey": {
+            "type": "http", "scheme": "bearer", "description": "One of the server's --api-key values."}}
+    return doc
+# --8<-- [end:document]
+
+
+def _requires_key(dependant: Dependant) -> bool:  # mounted with Depends(require_api_key)
+    return any(d.call is require_api_key or _requires_key(d) for d in dependant.dependencies)
+
+
+def _statuses(operation: dict[str, Any], method: str, keyed: bool) -> None:
+    found = operation["responses"]
+    found.pop("422", None)
+    shared = []
+    if "requestBody" in operation:
+        shared.append(400)
+        if method in limits.LIMITED_METHODS:
+            shared.append(413)
+    if keyed:
+        shared.append(401)
+        operation["security"] = [{"apiKey": []}]
+    for code in shared:
+        found.setdefault(str(code), {"description": STATUS[code]})
+    operation["responses"] = dict(sorted(found.items()))
+
+
+def _bodies(operation: dict[str, Any], path: str, components: dict[str, Any]) -> None:
+    for code, response in operation["responses"].items():
+        if int(code) >= 400:
+            envelope = errors.envelope_type(path)
+            response["content"] = {"application/json": {"schema": _ref(components, envelope) if envelope else {}}}
+        for content in response.get("content", {}).values():
+            name = content.pop("x-event-type", None)
+            if name is not None:
+                content.update(_event_stream(_ref(components, _STREAM_TYPES[name]),
+                                             _ref(components, errors.envelope_type(path))))
+
+
+def _event_stream(event: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """Server-Sent Events: each ``data`` is an event's JSON, an error's JSON, or ``[DONE]`` last.
+
+    ``itemSchema`` is how OpenAPI 3.2 (and FastAPI) describe one event; ``schema`` is for tools
+    that read 3.1 only.
+    """
+    data = {"anyOf": [{"type": "string", "contentMediaType": "application/json",
+                       "contentSchema": {"anyOf": [event, error]}},
+                      {"const": "[DONE]"}]}
+    return {"schema": {"type": "string", "description": "Server-Sent Events: `data: {event}` per event; "
+                       "`data: {\"error\": ...}` if generation fails once the stream has begun; `data: [DONE]`."},
+            "itemSchema": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+
+
+def _ref(components: dict[str, Any], type_: Any) -> dict[str, Any]:
+    """A $ref to ``type_``'s schema, generated now (not per response) into ``components``."""
+    schema = TypeAdapter(type_).json_schema(ref_template=REF + "{model}", mode="serialization")
+    for name, definition in schema.pop("$defs", {}).items():
+        components.setdefault(name, definition)
+    components.setdefault(type_.__name__, schema)
+    return {"$ref": REF + type_.__name__}
+
+
+def _body_schema(operation: dict[str, Any], components: dict[str, Any]) -> dict[str, Any] | None:
+    schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema")
+    if schema and "$ref" in schema:
+        return components.get(schema["$ref"].removeprefix(REF))
+    return schema
+
+
+def _served_models(operation: dict[str, Any], components: dict[str, Any], model_ids: list[str]) -> None:
+    """Unknown ids are a 404 (api/deps.py); the document lists the known ones."""
+    body = _body_schema(operation, components)
+    model = (body or {}).get("properties", {}).get("model")
+    if model is not None and model.get("type") == "string":
+        model["enum"] = list(model_ids)
+    for parameter in operation.get("parameters", []):
+        if parameter["in"] == "path" and parameter["name"] == "model_id":
+            parameter["schema"]["enum"] = list(model_ids)
+
+
+def _branches(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    return [schema, *schema.get("anyOf", ())]
+
+
+def _token_list(branch: dict[str, Any]) -> bool:
+    return branch.get("type") == "array" and branch.get("items", {}).get("type") == "integer"
+
+
+def _context_window(components: dict[str, Any], n_ctx: int) -> None:
+    """Bounds the context window sets whatever the prompt: more is always a 400."""
+    for name in ("CreateChatCompletionRequest", "CreateCompletionRequest", "CreateEmbeddingRequest"):
+        properties = components.get(name, {}).get("properties", {})
+        for field in ("max_tokens", "max_completion_tokens"):
+            for branch in _branches(properties.get(field, {})):
+                if branch.get("type") == "integer":
+                    branch["maximum"] = n_ctx
+        for field in ("prompt", "input"):
+            for branch in _branches(properties.get(field, {})):
+                for tokens in (branch, branch.get("items", {})):
+                    if _token_list(tokens):
+                        tokens["maxItems"] = n_ctx
+
+
+# --8<-- [start:local_backend_rules]
+def _local_backend_rules(c: dict[str, Any]) -> None:
+    """What the local backend (backends/local/) refuses with a 400 though the request models admit it.
+
+    Said in JSON Schema where it can be, in words on the field where it cannot.
+    """
+    chat, completion, embedding = (c.get(n) for n in (
+        "CreateChatCompletionRequest", "CreateCompletionRequest", "CreateEmbeddingRequest"))
+    if chat:
+        p = chat["properties"]
+        for name in ("audio", "functions", "function_call"):  # prompts.refuse_unservable
+            p[name] = {"type": "null", "description": "Not supported by this server: any value is a 400."}
+        _drop_branch(p["tool_choice"], "ChatCompletionNamedToolChoiceCustom", c)  # tools.py: no custom tools
+        chat.setdefault("allOf", []).append({"anyOf": [  # tools.py: tool_choice needs tools
+            {"properties": {"tool_choice": {"enum": [None, "none"]}}},
+            {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}]})
+        _say(p["tools"], "Function names must differ. Each function's `parameters` must be a JSON Schema the "
+                         "server can enforce with a grammar; a 400 names what it cannot.")
+        _say(p["logprobs"], "Not with `tools`, unless `tool_choice` is 'none' or the last message is a tool "
+                            "result.")
+        _say(p["logit_bias"], "Keys are token ids of the model's vocabulary.")
+        _say(p["messages"], "The rendered prompt plus max_tokens must fit the context window (n_ctx tokens).")
+        parameters = c["FunctionDefinition"]["properties"]["parameters"]
+        for branch in _branches(parameters):
+            if branch.get("type") == "object":  # tools.py: a schema of type object
+                branch.update(required=["type"], properties={"type": {"const": "object"}})
+        _say(c["ToolMessage"]["properties"]["tool_call_id"], "The id of a tool call in an earlier assistant message.")
+        _say(c["ChatCompletionNamedToolChoice"], "Must name a function in `tools`.")
+        _say(c["JsonSchemaFormat"]["properties"]["schema"], "A JSON Schema the server can enforce with a grammar.")
+    if completion:
+        p = completion["properties"]
+        p["suffix"] = {"anyOf": [{"type": "string", "maxLength": 0}, {"type": "null"}],
+                       "description": "Fill-in-the-middle is not supported: empty or null only."}
+        completion.setdefault("allOf", []).extend([
+            {"anyOf": [{"properties": {"best_of": {"enum": [None, 0, 1]}}},  # backend.py: best_of is n
+                       *({"required": ["best_of", "n"], "properties": {"best_of": {"const": k}, "n": {"const": k}}}
+                         for k in range(2, 21))]},
+            {"anyOf": [{"properties": {"stream": {"enum": [False, None]}}},  # one prompt per stream
+                       {"properties": {"prompt": {"anyOf": [{"type": "string"}, {"type": "array", "maxItems": 1},
+                                                            {"type": "array", "items": {"type": "integer"}}]}}}]}])
+        _non_empty(p["prompt"], strings=False)
+        _say(p["prompt"], "Token ids must be in the model's vocabulary; the prompt plus max_tokens must fit the "
+                          "context window (n_ctx tokens).")
+        _say(p["logit_bias"], "Keys are token ids of the model's vocabulary.")
+    if embedding:
+        p = embedding["properties"]
+        _non_empty(p["input"], strings=True)
+        _say(p["input"], "Each input must fit the context window (n_ctx tokens); token ids must be in the "
+                         "model's vocabulary.")
+        _say(p["dimensions"], "The model's embedding size, or omitted.")
+# --8<-- [end:local_backend_rules]
+
+
+def _non_empty(schema: dict[str, Any], *, strings: bool) -> None:
+    """prompts.py refuses empty inputs: no empty list or token list (nor string, if ``strings``);
+    token ids start at 0."""
+    for branch in _branches(schema):
+        if branch.get("type") == "string" and strings:
+            branch["minLength"] = 1
+        elif branch.get("type") == "array":
+            branch.setdefault("minItems", 1)
+            inner = branch.get("items", {})
+            if inner.get("type") == "string" and strings:
+                inner["minLength"] = 1
+            elif inner.get("type") == "integer":
+                inner["minimum"] = 0
+            elif _token_list(inner):
+                inner.setdefault("minItems", 1)
+                inner["items"]["minimum"] = 0
+
+
+def _say(schema: dict[str, Any], words: str) -> None:
+    schema["description"] = f"{schema['description']} {words}" if schema.get("description") else words
+
+
+def _drop_branch(schema: dict[str, Any], name: str, components: dict[str, Any]) -> None:
+    for branch in _branches(schema):
+        if "oneOf" in branch:
+            branch["oneOf"] = [b for b in branch["oneOf"] if b.get("$ref") != REF + name]
+            mapping = branch.get("discriminator", {}).get("mapping", {})
+            for tag in [t for t, ref in mapping.items() if ref == REF + name]:
+                del mapping[tag]
+    components.pop(name, None)

@@ -139,15 +139,15 @@ def _bodies(operation: dict[str, Any], path: str, components: dict[str, Any]) ->
 def _event_stream(event: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
     """Server-Sent Events: each ``data`` is an event's JSON, an error's JSON, or ``[DONE]`` last.
 
-    ``itemSchema`` is how OpenAPI 3.2 (and FastAPI) describe one event; ``schema`` is for tools
-    that read 3.1 only.
+    ``itemSchema`` is how OpenAPI 3.2 (and FastAPI) describe one event of a stream; a ``schema``
+    beside it would describe the whole stream (as an array), so there is none.
     """
     data = {"anyOf": [{"type": "string", "contentMediaType": "application/json",
                        "contentSchema": {"anyOf": [event, error]}},
                       {"const": "[DONE]"}]}
-    return {"schema": {"type": "string", "description": "Server-Sent Events: `data: {event}` per event; "
-                       "`data: {\"error\": ...}` if generation fails once the stream has begun; `data: [DONE]`."},
-            "itemSchema": {"type": "object", "required": ["data"], "properties": {"data": data}}}
+    return {"itemSchema": {"type": "object", "required": ["data"], "properties": {"data": data},
+                           "description": "One event: `data: {chunk}`; `data: {\"error\": ...}` if generation "
+                                          "fails once the stream has begun; `data: [DONE]` last."}}
 
 
 def _ref(components: dict[str, Any], type_: Any) -> dict[str, Any]:
@@ -172,6 +172,9 @@ def _served_models(operation: dict[str, Any], components: dict[str, Any], model_
     model = (body or {}).get("properties", {}).get("model")
     if model is not None and model.get("type") == "string":
         model["enum"] = list(model_ids)
+        for example in body.get("examples", []):  # "Try it out" at /docs sends a request that works
+            if isinstance(example, dict) and "model" in example and model_ids:
+                example["model"] = model_ids[0]
     for parameter in operation.get("parameters", []):
         if parameter["in"] == "path" and parameter["name"] == "model_id":
             parameter["schema"]["enum"] = list(model_ids)

@@ -116,7 +116,7 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, n_ctx: int, par
 def request_too_large(limit: int, size: int | None = None) -> APIError:
     got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
     return APIError(413, f"The request body is too large: {got}; this server accepts at most {limit} bytes.",
-                    code="request_too_large", headers={"Connection": "close"})
+                    code="request_too_large")
 
 
 def above_limit(param: str, got: int, limit: int, *, items: bool) -> APIError:

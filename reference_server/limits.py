@@ -64,9 +64,13 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, scope: dict[str, Any], receive: Any, send: Any, size: int | None) -> None:
+        """The 413, at once. The connection stays open, and the server reads and drops the rest of the
+        body, so that a client still sending it gets to read the answer (closing now would reset the
+        connection under it); a body declared at more than twice the limit is not worth it: closed."""
         exc = errors.request_too_large(self.limit, size)
         body = errors.render(scope["path"], exc.status, exc.message, exc.type, exc.param, exc.code)
-        await JSONResponse(body, status_code=exc.status, headers=exc.headers)(scope, receive, send)
+        headers = {"Connection": "close"} if size is not None and size > 2 * self.limit else None
+        await JSONResponse(body, status_code=exc.status, headers=headers)(scope, receive, send)
 # --8<-- [end:body_limit]
 
 

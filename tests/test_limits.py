@@ -4,15 +4,15 @@ parameter. Each limit is a setting; the defaults apply to the shared test server
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import json
+import socket
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from conftest import MODEL
-from reference_server import Settings
+from reference_server import Settings, cli
 
 CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
 HI = [{"role": "user", "content": "Hi"}]
@@ -33,8 +33,22 @@ def test_a_body_over_the_limit_is_refused_by_its_content_length_before_parsing(h
     r = http.post(CHAT, content=body, headers={"content-type": "application/json"})
     error = envelope(r, 413, code="request_too_large", param=None, type="invalid_request_error")
     assert f"{len(body)} bytes" in error["message"] and str(settings.max_body_bytes) in error["message"]
-    assert r.headers["connection"] == "close"
-    assert http.get("/health").status_code == 200  # and the server carries on
+    assert "connection" not in r.headers  # the rest of the body is read and dropped: the client reads its 413
+    assert http.get("/health").status_code == 200  # on the same connection
+
+
+def test_a_body_declared_far_over_the_limit_is_refused_without_reading_it(running, settings: Settings) -> None:
+    """Content-Length over twice the limit: 413 and the connection closes, before the body is sent."""
+    port = int(running.root.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"POST {CHAT} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {3 * settings.max_body_bytes}\r\n\r\n{{".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ") and b"connection: close" in head.lower()
+    assert json.loads(body)["error"]["code"] == "request_too_large"
 
 
 def test_a_chunked_body_is_counted_as_it_arrives(http: httpx.Client, settings: Settings) -> None:
@@ -51,10 +65,11 @@ def test_a_chunked_body_is_counted_as_it_arrives(http: httpx.Client, settings: S
 
 
 def test_a_body_under_the_limit_is_parsed_and_judged(http: httpx.Client, settings: Settings) -> None:
-    """Just under the limit: the context window refuses it, with a 400, not the body limit."""
-    content = "word " * ((settings.max_body_bytes - 200) // 5)
-    r = http.post(CHAT, json={"model": MODEL, "messages": [{"role": "user", "content": content}]})
-    envelope(r, 400, code="context_length_exceeded")
+    """Just under the limit, the body is parsed and validated: here a 400 for an unknown field."""
+    r = http.post(CHAT, json={"model": MODEL, "messages": HI, "user": "x" * (settings.max_body_bytes - 200),
+                              "bogus": 1})
+    assert len(r.request.content) <= settings.max_body_bytes
+    envelope(r, 400, param="bogus")
 
 
 @pytest.mark.parametrize("path,body,param,code", [
@@ -79,11 +94,15 @@ def test_one_prompt_of_token_ids_is_not_a_list_of_prompts(http: httpx.Client) ->
     envelope(r, 400, param="input", code="context_length_exceeded")
 
 
-def test_limits_are_settings_with_flags_and_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_limits_are_settings_with_flags_and_environment_variables(monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("REFERENCE_SERVER_MAX_N", "4")
     monkeypatch.setenv("REFERENCE_SERVER_SHUTDOWN_GRACE", "2.5")
     assert (Settings().max_n, Settings().shutdown_grace) == (4, 2.5)
-    out = subprocess.run([sys.executable, "-m", "reference_server", "--help"], capture_output=True, text=True,
-                         timeout=60).stdout
+    args = cli.parse_args(["--max-body-bytes", "2048", "--max-tools", "0", "--shutdown-grace", "0"])
+    assert (args.max_body_bytes, args.max_tools, args.shutdown_grace) == (2048, 0, 0.0)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--help"])
+    out = capsys.readouterr().out
     for flag in ("--max-body-bytes", "--max-messages", "--max-n", "--max-inputs", "--max-tools", "--shutdown-grace"):
         assert flag in out

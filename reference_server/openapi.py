@@ -30,6 +30,7 @@ from pydantic import TypeAdapter
 
 from . import errors, limits
 from .api.auth import require_api_key
+from .serving.types import ErrorResponse
 from .settings import Settings
 
 REF = "#/components/schemas/"
@@ -70,12 +71,42 @@ def responses(ok: Any = None, *, stream: Any = None, errors: Iterable[int] = ())
 
 
 def install(app: FastAPI, settings: Settings, model_ids: list[str]) -> None:
-    """Serves ``document`` as the app's OpenAPI document (built on first request, then cached)."""
+    """Serves ``document`` as the app's OpenAPI document (built on first request, then cached),
+    and /docs from files installed with the server."""
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             app.openapi_schema = document(app, settings, model_ids)
         return app.openapi_schema
     app.openapi = openapi  # type: ignore[method-assign]
+    _offline_docs(app)
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _offline_docs(app: FastAPI) -> None:
+    """FastAPI's /docs page loads Swagger UI from a CDN, and shows nothing offline, where this course
+    runs. With Swagger UI installed (swagger-ui-bundle-v2), /docs uses the installed files instead."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse
+    from starlette.staticfiles import StaticFiles
+
+    if not app.docs_url or not app.openapi_url:
+        return
+
+    async def docs(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css", swagger_favicon_url="data:,")
+
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != app.docs_url]
+    app.add_route(app.docs_url, docs, include_in_schema=False)
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
 
 
 # --8<-- [start:document]
@@ -92,7 +123,7 @@ def document(app: FastAPI, settings: Settings, model_ids: list[str]) -> dict[str
         for method in route.methods:
             operation = doc["paths"][route.path_format][method.lower()]
             _statuses(operation, method, keyed and _requires_key(route.dependant))
-            _bodies(operation, route.path_format, components)
+            _bodies(operation, route.path_format, components, settings)
             _served_models(operation, components, model_ids)
     limits.apply_to_schema(components, settings)
     _context_window(components, settings.n_ctx)
@@ -124,16 +155,30 @@ def _statuses(operation: dict[str, Any], method: str, keyed: bool) -> None:
     operation["responses"] = dict(sorted(found.items()))
 
 
-def _bodies(operation: dict[str, Any], path: str, components: dict[str, Any]) -> None:
+def _bodies(operation: dict[str, Any], path: str, components: dict[str, Any], settings: Settings) -> None:
     for code, response in operation["responses"].items():
         if int(code) >= 400:
             envelope = errors.envelope_type(path)
             response["content"] = {"application/json": {"schema": _ref(components, envelope) if envelope else {}}}
+            if envelope is ErrorResponse:
+                response["content"]["application/json"]["example"] = _error_example(int(code), settings)
         for content in response.get("content", {}).values():
             name = content.pop("x-event-type", None)
             if name is not None:
                 content.update(_event_stream(_ref(components, _STREAM_TYPES[name]),
                                              _ref(components, errors.envelope_type(path))))
+
+
+def _error_example(status: int, settings: Settings) -> dict[str, Any]:
+    """What the server really sends with ``status`` (one of its messages for it), shown at /docs."""
+    exc = {400: errors.invalid_request("Invalid value for 'temperature': Input should be less than or equal to 2 "
+                                       "(got 2.5).", param="temperature"),
+           401: errors.APIError(401, "Incorrect API key provided.", code="invalid_api_key"),
+           404: errors.model_not_found("gpt-4o"),
+           413: errors.request_too_large(settings.max_body_bytes, 2 * settings.max_body_bytes),
+           429: errors.queue_full(settings.max_queue),
+           503: errors.model_loading()}[status]
+    return exc.body()
 
 
 def _event_stream(event: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import threading
 import time
@@ -83,6 +84,8 @@ def test_every_error_declares_the_envelope(doc: dict[str, Any]) -> None:
             assert schema, f"{method} {path} {status}: no error schema"
             if path.startswith("/v1/") or path == "/health":
                 assert resolve(doc, schema)["title"] == "ErrorResponse"
+                example = response["content"]["application/json"]["example"]  # shown at /docs
+                assert validator(doc, schema).is_valid(example) and example["error"]["message"]
                 envelope = resolve(doc, schema)
                 assert envelope["required"] == ["error"]
                 assert set(resolve(doc, envelope["properties"]["error"])["required"]) == {"message", "type", "param", "code"}
@@ -95,6 +98,17 @@ def test_error_examples_of_schemas_fit_the_declared_envelope(doc: dict[str, Any]
     for example in schemas.load("error")["examples"]:
         assert envelope.is_valid(example)
     assert not envelope.is_valid({"detail": "Not Found"})
+
+
+def test_docs_page_works_offline(running: RunningServer) -> None:
+    """/docs loads Swagger UI from the server itself, not from a CDN (the course runs offline)."""
+    page = httpx.get(running.root + "/docs", timeout=30)
+    assert page.status_code == 200 and "/openapi.json" in page.text
+    scripts = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert scripts and all(not s.startswith(("http:", "https:", "//")) for s in scripts), scripts
+    for asset in scripts:
+        if not asset.startswith("data:"):
+            assert httpx.get(running.root + asset, timeout=30).status_code == 200, asset
 
 
 def test_model_is_one_of_the_served_ids(doc: dict[str, Any]) -> None:

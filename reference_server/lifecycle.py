@@ -94,8 +94,6 @@ class DrainMiddleware:
 
         with anyio.CancelScope() as cancel:
             self.drain._scopes.add(cancel)
-            if self.drain.expired:
-                cancel.cancel()
             try:
                 await self.app(scope, receive, tracked)
             finally:

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import errors, lifecycle, limits, openapi
+from . import errors, lifecycle, openapi, request_limits
 from .api import chat, completions, embeddings, health, models
 from .api.auth import require_api_key
 from .backends.base import Backend
@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     # Reliability (course/reference/reliability.md): bodies over the limit are a 413 before parsing;
     # on shutdown, requests in flight get shutdown_grace seconds; /openapi.json says what is enforced.
     app.state.drain = lifecycle.Drain(settings.shutdown_grace)
-    app.add_middleware(limits.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(request_limits.BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(lifecycle.DrainMiddleware, drain=app.state.drain)
     openapi.install(app, settings, [card.id for card in backend.models()])
     # --8<-- [end:reliability]

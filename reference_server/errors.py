@@ -120,7 +120,7 @@ def request_too_large(limit: int, size: int | None = None) -> APIError:
 
 
 def above_limit(param: str, got: int, limit: int, *, items: bool) -> APIError:
-    """A request larger than a server limit (limits.py), in OpenAI's words for the same refusal."""
+    """A request larger than a server limit (request_limits.py), in OpenAI's words for the same refusal."""
     if items:
         return invalid_request(f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
                                f"but got an array with length {got} instead.", param=param,

@@ -10,7 +10,7 @@ server never sends, no error body, no response schema for routes that return pla
   read, 401 where an API key is required. No 422. Every error has its protocol's envelope.
 - 200s: the TypedDicts of serving/types.py; for a stream, the schema of each event.
 - Requests: ``model`` is one of the served ids (known from the settings before the model loads),
-  the limits (limits.py) and the context window bound lists and counts, and the local backend's
+  the limits (request_limits.py) and the context window bound lists and counts, and the local backend's
   refusals that JSON Schema can say are said (``_local_backend_rules``). What it cannot say (the
   vocabulary, the context window in tokens, tool definitions) is written on the field.
 
@@ -28,7 +28,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import TypeAdapter
 
-from . import errors, limits
+from . import errors, request_limits
 from .api.auth import require_api_key
 from .serving.types import ErrorResponse
 from .settings import Settings
@@ -125,7 +125,7 @@ def document(app: FastAPI, settings: Settings, model_ids: list[str]) -> dict[str
             _statuses(operation, method, keyed and _requires_key(route.dependant))
             _bodies(operation, route.path_format, components, settings)
             _served_models(operation, components, model_ids)
-    limits.apply_to_schema(components, settings)
+    request_limits.apply_to_schema(components, settings)
     _context_window(components, settings.n_ctx)
     _local_backend_rules(components)
     if keyed:
@@ -145,7 +145,7 @@ def _statuses(operation: dict[str, Any], method: str, keyed: bool) -> None:
     shared = []
     if "requestBody" in operation:
         shared.append(400)
-        if method in limits.LIMITED_METHODS:
+        if method in request_limits.LIMITED_METHODS:
             shared.append(413)
     if keyed:
         shared.append(401)

@@ -9,7 +9,7 @@ import anyio
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from .. import errors, limits
+from .. import errors, request_limits
 from ..backends.base import Backend
 from ..errors import error_body
 
@@ -27,8 +27,8 @@ BackendDep = Annotated[Backend, Depends(get_backend)]
 
 
 def check_limits(request: Request, body: Any) -> None:
-    """The server's limits on lists and counts (limits.py): a 400 naming the parameter."""
-    limits.check(body, request.app.state.settings)
+    """The server's limits on lists and counts (request_limits.py): a 400 naming the parameter."""
+    request_limits.check(body, request.app.state.settings)
 
 
 # --8<-- [start:require_model]

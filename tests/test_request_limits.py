@@ -1,4 +1,4 @@
-"""How much one request may ask for (limits.py): a body over the limit is a 413 before anything
+"""How much one request may ask for (request_limits.py): a body over the limit is a 413 before anything
 parses it, declared or chunked; too many messages, choices, tools or inputs is a 400 naming the
 parameter. Each limit is a setting; the defaults apply to the shared test server."""
 

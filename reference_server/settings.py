@@ -57,6 +57,30 @@ class Settings(BaseSettings):
     extra_buffers: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp's extra weight buffers (AMX, REPACK); auto: off on a build with AMX.")
 
+    # --8<-- [start:gateway_settings]
+    # Scaling out (course/11-scaling-out.md): a gateway in front of OpenAI-compatible engines,
+    # per-key limits (limits.py) and metrics (metrics.py). See backends/upstream/.
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs to forward to, each 'URL' or 'URL#KEY'; "
+                                          "when set, no local model is loaded.")
+    upstream_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an upstream.")
+    upstream_first_token_timeout: float = Field(
+        120.0, gt=0, description="Seconds an upstream may take to send the first token (and between two tokens).")
+    upstream_retries: int = Field(2, ge=0, description="Other upstreams tried when one fails before the first token.")
+    upstream_cooldown: float = Field(10.0, ge=0, description="Seconds a failing upstream is left out.")
+    upstream_health_interval: float = Field(5.0, gt=0, description="Seconds between two health checks of each upstream.")
+    keys_file: Path | None = Field(None, description="TOML or JSON file of API keys with per-key limits and budgets.")
+    usage_file: Path | None = Field(None, description="Where per-key usage is kept across restarts; "
+                                                      "default: beside the keys file, *.usage.json.")
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+    # --8<-- [end:gateway_settings]
+
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:

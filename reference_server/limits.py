@@ -138,10 +138,10 @@ def duration(seconds: float) -> str:
     """OpenAI's x-ratelimit-reset-* format: ``12ms``, ``1.5s``, ``6m0s``."""
     if seconds < 1:
         return f"{max(0, math.ceil(seconds * 1000))}ms"
-    if seconds < 60:
-        return f"{seconds:.3g}s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)}m{rest:.0f}s"
+    if round(seconds, 1) < 60:
+        return f"{round(seconds, 1):g}s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s"
 
 
 def _wait_headers(seconds: float) -> dict[str, str]:

@@ -604,6 +604,72 @@ def outputs(srv: Server) -> None:
         save(f"{name}.out.txt", p.stdout)
 
 
+# ---- chapter 11: scaling out ------------------------------------------------------------------
+
+def gateway(settings: Settings, engine: Engine) -> None:
+    """A gateway over two upstreams (in-process, one model), its limits and metrics; then a real
+    upstream process killed in the middle of a stream."""
+    keys = Path(tempfile.mkdtemp()) / "keys.toml"
+    keys.write_text('window_seconds = 60\n'
+                    '[[keys]]\nname = "alice"\nkey = "sk-alice-0001"\nrequests_per_minute = 2\n'
+                    'tokens_per_minute = 20000\n'
+                    '[[keys]]\nname = "bob"\nkey = "sk-bob-00001"\ntoken_budget = 30\n')
+    ups = [Server(settings, engine), Server(settings, engine)]
+    gw = Server(Settings(upstreams=[u.base_url for u in ups], keys_file=keys))
+    hi = {"model": MODEL, "messages": HELLO, "max_tokens": 12}
+    limit_headers = ("x-upstream", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                     "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                     "x-ratelimit-reset-tokens", "retry-after", "retry-after-ms", "x-should-retry")
+    try:
+        with httpx.Client(base_url=gw.root, timeout=120) as http:
+            alice = {"Authorization": "Bearer sk-alice-0001"}
+            save_http("gateway/answered.http", http.post(CHAT, json=hi, headers=alice), limit_headers)
+            http.post(CHAT, json=hi, headers=alice)
+            save_http("gateway/rate_limited.http", http.post(CHAT, json=hi, headers=alice), limit_headers)
+            bob = {"Authorization": "Bearer sk-bob-00001"}
+            http.post(CHAT, json={**hi, "max_tokens": 40}, headers=bob)
+            save_http("gateway/insufficient_quota.http", http.post(CHAT, json=hi, headers=bob), limit_headers)
+            save("gateway/usage.json", http.get("/v1/usage", headers=bob).json())
+            wanted = ("reference_server_requests_total", "reference_server_prompt_tokens_total",
+                      "reference_server_completion_tokens_total", "reference_server_time_to_first_token_seconds_count",
+                      "reference_server_queue_depth", "reference_server_upstream", "reference_server_rate_limited")
+            page = http.get("/metrics").text.splitlines()
+            save("gateway/metrics.txt", "\n".join(line for line in page if line.startswith(wanted)))
+    finally:
+        gw.stop()
+        for u in ups:
+            u.stop()
+    mid_stream_failure()
+
+
+def mid_stream_failure() -> None:
+    """A real upstream process, SIGKILLed after the first tokens of a reply streamed through a gateway."""
+    env = {**os.environ, "REFERENCE_SERVER_SUPERVISED": str(os.getpid())}  # no supervisor: one pid to kill
+    proc = subprocess.Popen([sys.executable, "-m", "reference_server", "--port", "0", "--n-ctx", "512",
+                             "--no-embeddings", "--threads", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = ""
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("Ready: "):
+                url = line.split(" at ")[1].strip()
+                break
+        gw = Server(Settings(upstreams=[url]))
+        body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "logit_bias": NO_EOG, "stream": True}
+        frames = []
+        with httpx.Client(timeout=120) as http, http.stream("POST", gw.base_url + "/chat/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    frames.append(line)
+                    if len(frames) == 4:
+                        proc.kill()
+        gw.stop()
+        save("gateway/mid_stream_failure.txt", "...\n" + "\n\n".join(frames[-3:]))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def banner() -> None:
     """What `make serve` prints: the real CLI, on the default port (stop anything on 8000 first)."""
     exe = str(Path(sys.executable).with_name("reference-server"))
@@ -628,7 +694,8 @@ def banner() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*",
-                        help="basics streaming errors sdk cli embeddings measure tools outputs banner checkpoints room threads")
+                        help="basics streaming errors sdk cli embeddings measure tools outputs banner checkpoints room "
+                             "threads gateway")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores, as `make serve`); "
                         "on a machine other programs keep busy, 1 is far faster")
     parser.add_argument("--patience", type=float, default=PATIENCE_S,
@@ -636,7 +703,7 @@ def main() -> None:
     args = parser.parse_args()
     globals()["PATIENCE_S"] = args.patience
     want = set(args.only or ["basics", "streaming", "errors", "sdk", "cli", "embeddings", "measure", "tools",
-                             "outputs", "banner", "checkpoints", "room", "threads"])
+                             "outputs", "banner", "checkpoints", "room", "threads", "gateway"])
     settings = Settings(**({"n_threads": args.threads} if args.threads else {}))  # else: `make serve`
     start = time.perf_counter()
     engine = Engine(settings)
@@ -668,6 +735,8 @@ def main() -> None:
             room(settings)
         if "threads" in want:
             threads(settings)
+        if "gateway" in want:
+            gateway(settings, engine)
     finally:
         srv.stop()
     if "banner" in want:

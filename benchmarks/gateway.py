@@ -253,7 +253,7 @@ async def overhead(args: argparse.Namespace) -> str:
     paired_tps = median([b / a for a, b in zip(d["tps"], g["tps"])])
     paired_one = median([b - a for a, b in zip(d["one"], g["one"])])
     lines = [
-        f"# The gateway's overhead ({dt.date.today().isoformat()})", "",
+        f"### The gateway's overhead ({dt.date.today().isoformat()})", "",
         *_machine(args), "",
         f"One upstream (`reference-server --n-ctx 1024 --threads {args.threads}`) and a gateway in front of it "
         f"(`reference-server --upstream URL`), {args.repeats} repeats in alternating order; each repeat streams "
@@ -329,7 +329,7 @@ async def failover(args: argparse.Namespace) -> str:
     outcomes = {k.split("{", 1)[1].rstrip("}"): int(v) for k, v in m.items()
                 if k.startswith("reference_server_upstream_requests_total")}
     lines = [
-        f"# Killing an upstream mid-load ({dt.date.today().isoformat()})", "",
+        f"### Killing an upstream mid-load ({dt.date.today().isoformat()})", "",
         *_machine(args), "",
         f"Two upstreams (`reference-server --n-ctx 1024 --threads 1`) behind a gateway "
         f"(`--upstream-health-interval 1 --upstream-cooldown 5`); {args.clients} clients stream "

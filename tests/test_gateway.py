@@ -26,8 +26,15 @@ import httpx
 import openai
 import pytest
 
+from fastapi.testclient import TestClient
+
 from conftest import EOG_TOKENS, MODEL, RunningServer, sse_events, start_server
-from reference_server import Settings
+from reference_server import Settings, create_app
+from reference_server.backends.base import ChoiceDone, TextDelta, Timings, ToolCallDelta
+from reference_server.backends.scripted import ScriptedBackend
+from reference_server.backends.upstream import parse_upstream
+from reference_server.backends.upstream.stream import ChunkReader, sse_data
+from reference_server.errors import APIError
 
 UPSTREAM = [sys.executable, "-m", "reference_server", "--port", "0", "--n-ctx", "512", "--no-embeddings",
             "--threads", "1"]
@@ -44,6 +51,92 @@ KEYS = {  # the upstream A's keys file: the gateways reach A with "sk-gateway-to
     ],
 }
 TINY_KEY = "sk-tiny-budget-01"
+
+
+# ---- units: no processes ---------------------------------------------------------------------
+
+def test_upstream_urls_and_keys():
+    u = parse_upstream("http://gpu-a:8080#sk-secret", 3)
+    assert (u.url, u.key, u.number) == ("http://gpu-a:8080/v1", "sk-secret", 3)
+    assert parse_upstream("https://x.example/v1/").url == "https://x.example/v1"
+    assert "sk-secret" not in repr(u)
+    with pytest.raises(ValueError, match="http"):
+        parse_upstream("gpu-a:8080")
+
+
+def test_the_chunk_reader_turns_chunks_into_events():
+    r = ChunkReader(chat=True)
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+              {"choices": [{"index": 1, "delta": {"content": "Bon"}, "finish_reason": None}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                                                  "function": {"name": "f", "arguments": ""}}]}}]},
+              {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}}]},
+              {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"},
+                           {"index": 1, "delta": {}, "finish_reason": "length"}]}]
+    events = [e for c in chunks for e in r.read(c)]
+    assert events == [TextDelta(1, "Bon"), ToolCallDelta(0, 0, "call_1", "f", ""), ToolCallDelta(0, 0, None, None, "{}")]
+    tail = r.read({"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16}})
+    assert tail == [Timings(9), ChoiceDone(0, "tool_calls", 2), ChoiceDone(1, "length", 5)]  # shares add up to 7
+    assert r.prompt_tokens == 9
+    with pytest.raises(APIError) as caught:
+        r.read({"error": {"message": "grammar ran out", "type": "invalid_request_error", "code": "x"}})
+    assert (caught.value.status, caught.value.code) == (400, "x")
+
+
+def test_sse_frames_join_data_lines_and_skip_comments():
+    async def lines():
+        for line in [": ping", "data: {\"a\":", "data: 1}", "", "event: x", "data: [DONE]", ""]:
+            yield line
+
+    async def collect() -> list[str]:
+        return [d async for d in sse_data(lines())]
+    assert asyncio.run(collect()) == ['{"a":\n1}', "[DONE]"]
+
+
+def test_the_gateway_needs_no_llama_cpp():
+    code = ("import sys; sys.modules['llama_cpp'] = None\n"  # any import of it fails
+            "from reference_server import Settings, create_app\n"
+            "create_app(Settings(upstreams=['http://127.0.0.1:9']))\n"
+            "import reference_server.cli\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_a_bad_keys_file_is_a_clear_error_without_the_key(tmp_path):
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "alice"\nkey = "sk-alice-secret"\nrequests_per_minute = 0\n')
+    r = subprocess.run([*UPSTREAM, "--keys-file", str(keys)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "requests_per_minute" in r.stderr and "greater than or equal to 1" in r.stderr
+    assert "Traceback" not in r.stderr and "sk-alice-secret" not in r.stderr
+
+
+def test_keys_file_changes_apply_without_a_restart(tmp_path):
+    """Scripted backend, in-process: a budget raised in the file is honoured within a second."""
+    keys = tmp_path / "keys.toml"
+    keys.write_text('[[keys]]\nname = "alice"\nkey = "sk-alice-0001"\ntoken_budget = 1\n')
+    backend = ScriptedBackend([TextDelta(0, "Hi"), ChoiceDone(0, "stop", 1)])
+    alice = {"Authorization": "Bearer sk-alice-0001"}
+    body = {"model": backend.model, "messages": [{"role": "user", "content": "Hi"}]}
+    with TestClient(create_app(Settings(keys_file=keys), backend=backend)) as c:
+        assert c.post("/v1/chat/completions", json=body, headers=alice).status_code == 200
+        refused = c.post("/v1/chat/completions", json=body, headers=alice)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+        keys.write_text('[[keys]]\nname = "alice"\nkey = "sk-alice-0001"\ntoken_budget = 100\n')
+        os.utime(keys, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new mtime even on a coarse clock
+        time.sleep(1.1)  # the file is looked at once a second
+        assert c.post("/v1/chat/completions", json=body, headers=alice).status_code == 200
+        assert c.get("/v1/usage", headers=alice).json()["total_tokens"] == 12  # 5 prompt + 1 completion, twice
+        assert c.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-other"}).status_code == 401
+
+
+def test_an_error_in_a_non_streamed_reply_keeps_its_status():
+    """unless_disconnected (api/deps.py) used to turn it into a 500: anyio wraps errors in a group."""
+    backend = ScriptedBackend([TextDelta(0, "Hi"), APIError(502, "upstream died", type="server_error",
+                                                            code="upstream_error")])
+    with TestClient(create_app(Settings(), backend=backend)) as c:
+        r = c.post("/v1/chat/completions", json={"model": backend.model, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
 
 
 # ---- processes -------------------------------------------------------------------------------

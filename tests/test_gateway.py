@@ -324,11 +324,11 @@ def test_a_client_that_hangs_up_cancels_the_upstream_generation(pair, upstreams)
     by_number = {"1": upstreams[0], "2": upstreams[1]}
     with httpx.Client(timeout=60) as c:
         with c.stream("POST", f"{pair.base_url}/chat/completions",
-                      json=chat(400, logit_bias=NO_EOS, stream=True)) as r:
+                      json=chat(450, logit_bias=NO_EOS, stream=True)) as r:
             upstream = by_number[r.headers["x-upstream"]]
             before = metrics(upstream.root)
             next(line for line in r.iter_lines() if '"content":"' in line and '"content":""' not in line)
-    deadline = time.monotonic() + 20  # 400 tokens would take far longer than this on one thread
+    deadline = time.monotonic() + 20  # 450 tokens take longer than this on one thread, if not cancelled
     while time.monotonic() < deadline:
         after = metrics(upstream.root)
         if delta(after, before, f'reference_server_generations_cancelled_total{{model="{MODEL}"}}') >= 1:

@@ -207,6 +207,7 @@ class UpstreamBackend:
                 data = r.json()
                 vectors = [_vector(d["embedding"]) for d in sorted(data["data"], key=lambda d: d.get("index", 0))]
                 upstream.outcomes["ok"] += 1
+                accounting.response_header("x-upstream", str(upstream.number))
                 return Embedded(vectors, int((data.get("usage") or {}).get("prompt_tokens") or 0))
             except TimeoutError:
                 raise Retry(f"no answer within {self.settings.upstream_first_token_timeout:g} s", "timeout") from None

@@ -408,9 +408,15 @@ class UpstreamCall:
         held, self._held = self._held, None
         if held is not None:
             held.outstanding -= 1
+        frames, self._frames = self._frames, None
         response, self._response = self._response, None
-        if response is not None:
-            with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=True):
+            if frames is not None:
+                try:
+                    await frames.aclose()
+                except RuntimeError:  # still running: it is being torn down by its own cancellation
+                    pass
+            if response is not None:
                 await response.aclose()
 
     def __del__(self) -> None:

@@ -180,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"reference-server: invalid --upstream: {exc}", file=sys.stderr)
             return 2
+    if settings.keys_file:  # before anything slow: a broken keys file is a typo to fix now
+        from .limits import read_keys_file
+        try:
+            read_keys_file(settings.keys_file)
+        except ValueError as exc:
+            print(f"reference-server: {exc}", file=sys.stderr)
+            return 2
     problem = None if settings.upstreams else check_model_file(settings.model_path)
     if problem:
         print(f"reference-server: {problem}\n  Pass --model PATH to a .gguf file "

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import errors
-from .api import chat, completions, embeddings, health, models
+from .api import chat, completions, embeddings, health, models, responses
 from .api.auth import require_api_key
 from .backends.base import Backend
 from .settings import Settings
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in settings.cors_origins)
     v1 = [Depends(require_api_key)]
-    for router in (models.router, chat.router, completions.router, embeddings.router):
+    for router in (models.router, chat.router, completions.router, embeddings.router, responses.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
     # --8<-- [end:mount_routers]

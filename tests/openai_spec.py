@@ -31,6 +31,16 @@ COMPONENTS = {
     "model": "Model",
     "model_list": "ListModelsResponse",
     "error": "ErrorResponse",
+    "response_request": "CreateResponse",
+    "response": "Response",
+    "response_stream_event": "ResponseStreamEvent",
+    "response_input_item_list": "ResponseItemList",
+}
+
+# Our schemas the spec gives no component for, and why (their bodies are still validated against ours).
+NO_COMPONENT = {
+    "response_deleted": "The spec's DELETE /responses/{response_id} declares a 200 without a body schema; "
+                        "its example, {id, object: 'response', deleted: true}, is what response_deleted follows.",
 }
 
 

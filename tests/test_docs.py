@@ -35,6 +35,7 @@ CHAPTERS = {
     "05-errors": "05_errors",
     "06-embeddings": "06_embeddings",
     "07-tools": "07_tools",
+    "09-responses": "09_responses",
 }
 NOTEBOOK_DIRS = ("labs", "solutions")
 
@@ -312,10 +313,11 @@ def test_every_page_is_in_the_nav():
 
 
 def test_every_request_field_is_documented():
-    from reference_server import protocol
+    from reference_server import protocol, protocol_responses
 
     page = (COURSE / "reference" / "endpoints.md").read_text(encoding="utf-8")
-    models = (protocol.CreateChatCompletionRequest, protocol.CreateCompletionRequest, protocol.CreateEmbeddingRequest)
+    models = (protocol.CreateChatCompletionRequest, protocol.CreateCompletionRequest, protocol.CreateEmbeddingRequest,
+              protocol_responses.CreateResponse)
     fields = {(f.alias or name) for m in models for name, f in m.model_fields.items()}
     missing = sorted(f for f in fields if f"`{f}`" not in page)
     assert not missing, f"request fields missing from course/reference/endpoints.md: {missing}"

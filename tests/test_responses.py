@@ -241,6 +241,12 @@ REFUSED = [
     ({"input": [{"type": "reasoning", "summary": []}]}, "input[0].type"),
     ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ({"input": [{"type": "web_search_call", "id": "ws_1", "status": "completed"}]}, "input[0].type"),
+    ({"input": [{"type": "compaction", "encrypted_content": "x"}]}, "input[0].type"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file_1"}]}]},
+     "input[0].content[0].type"),
+    ({"tools": [{"type": "image_generation"}]}, "tools[0].type"),
+    ({"tools": [{"type": "computer_use_preview", "display_width": 1, "display_height": 1,
+                 "environment": "linux"}]}, "tools[0].type"),
     ({"input": [{"type": "function_call_output", "call_id": "call_none", "output": "42"}]}, "input[0].call_id"),
 ]
 
@@ -262,6 +268,7 @@ def test_unknown_model_and_ids_are_404(http: Any) -> None:
         assert (r.status_code, r.json()["error"]["code"]) == (404, "response_not_found"), path
     r = http.post("/v1/responses", json={**BASE, "previous_response_id": "resp_nope"})
     assert (r.status_code, r.json()["error"]["param"]) == (404, "previous_response_id")
+    assert http.post("/v1/responses/resp_nope/cancel").status_code == 404  # only background responses cancel
 
 
 @pytest.mark.parametrize("query, param", [({"limit": 0}, "limit"), ({"limit": "many"}, "limit"),
@@ -408,6 +415,52 @@ def test_previous_response_id_sends_the_whole_conversation_but_not_the_instructi
     assert [(m.role, m.content) for m in seen[2].messages] == [
         ("system", "Be kind."), ("user", "One"), ("assistant", "ok"), ("user", "Two"), ("assistant", "ok"),
         ("user", "Three")]
+
+
+ADVISORY = {"user": "u1", "safety_identifier": "s1", "prompt_cache_key": "k1", "max_tool_calls": 3,
+            "service_tier": "auto", "prompt_cache_retention": "in_memory", "truncation": "disabled",
+            "text": {"verbosity": "medium"}, "stream_options": {"include_obfuscation": True}, "stream": True,
+            "reasoning": {"effort": None}, "background": False, "include": []}
+
+
+def test_advisory_fields_are_accepted_and_echoed() -> None:
+    with scripted([TextDelta(0, "ok"), ChoiceDone(0, "stop", 1)]) as c:
+        events = events_of(c.post("/v1/responses", json={"model": SCRIPTED, "input": "Hi", **ADVISORY}).text)
+    final = events[-1]["response"]
+    assert final["status"] == "completed"
+    assert {k: final[k] for k in ("user", "safety_identifier", "prompt_cache_key", "max_tool_calls")} == {
+        "user": "u1", "safety_identifier": "s1", "prompt_cache_key": "k1", "max_tool_calls": 3}
+    assert (final["service_tier"], final["truncation"], final["reasoning"]) == ("default", "disabled", None)
+
+
+@pytest.mark.parametrize("fields, chat", [
+    ({"tool_choice": "none"}, {"tool_choice": "none"}),
+    ({"tool_choice": "required"}, {"tool_choice": "required"}),
+    ({"tool_choice": {"type": "function", "name": "get_weather"}},
+     {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    ({"tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function",
+                                                                              "name": "get_weather"}]}},
+     {"tool_choice": {"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
+         {"type": "function", "function": {"name": "get_weather"}}]}}}),
+    ({"parallel_tool_calls": False}, {"parallel_tool_calls": False}),
+    ({"text": {"format": {"type": "text"}}}, {"response_format": {"type": "text"}}),
+    ({"text": {"format": {"type": "json_object"}}}, {"response_format": {"type": "json_object"}}),
+    ({"text": COLOR}, {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "color", "schema": COLOR["format"]["schema"], "strict": True}}}),
+    ({"max_output_tokens": 20, "temperature": 0.5, "top_p": 0.9},
+     {"max_completion_tokens": 20, "temperature": 0.5, "top_p": 0.9}),
+])
+def test_the_chat_request_the_backend_gets(fields: dict[str, Any], chat: dict[str, Any]) -> None:
+    """Tool and format modes are chat's (chapter 7), reached by translation: each one lands where chat has it."""
+    seen: list[Any] = []
+    with scripted(lambda body: seen.append(body) or [ChoiceDone(0, "stop", 1)]) as c:
+        r = c.post("/v1/responses", json={"model": SCRIPTED, "input": "Hi", "tools": [WEATHER], **fields})
+    assert r.status_code == 200, r.json()
+    sent = seen[0].model_dump(exclude_none=True, by_alias=True)
+    assert {k: sent[k] for k in chat} == chat
+    assert sent["tools"] == [{"type": "function", "function": {
+        "name": "get_weather", "description": WEATHER["description"], "parameters": WEATHER["parameters"],
+        "strict": True}}]
 
 
 def test_the_key_is_required_when_configured() -> None:

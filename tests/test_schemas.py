@@ -317,7 +317,8 @@ def test_discriminator_rewrite_is_needed(subset: dict[str, Any]) -> None:
 
 
 def test_spec_subset_matches_the_full_spec(subset: dict[str, Any], full_spec: dict[str, Any]) -> None:
-    assert extract_subset(full_spec, FULL_SPEC.read_bytes()) == subset, f"regenerate: python tests/test_schemas.py {FULL_SPEC}"
+    assert extract_subset(full_spec, FULL_SPEC.read_bytes()) == subset, (
+        f"regenerate: python tests/test_schemas.py {FULL_SPEC}")
 
 
 # ---- the command line ----------------------------------------------------------------------------

@@ -98,7 +98,8 @@ async def list_input_items(response_id: str, store: StoreDep, limit: str = "20",
     Query values are checked here, not by FastAPI, so that a bad one is a 400 naming it.
     """
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
-        raise errors.invalid_request(f"Invalid value for 'limit': {limit!r} is not an integer between 1 and 100.", param="limit")
+        raise errors.invalid_request(f"Invalid value for 'limit': {limit!r} is not an integer between 1 and 100.",
+                                     param="limit")
     if order not in ("asc", "desc"):
         raise errors.invalid_request(f"Invalid value for 'order': {order!r} is not 'asc' or 'desc'.", param="order")
     record = store.get(response_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
@@ -171,9 +171,14 @@ def test_logprobs_when_included(client: openai.OpenAI) -> None:
 # ---- the OpenAI Agents SDK ----------------------------------------------------------------------------
 
 def test_agents_sdk_runs_a_function_tool_through_responses(server: str) -> None:
-    """The SDK's default model class speaks /v1/responses; a 135M model needs the call forced
-    (the SDK resets tool_choice after the call, so the second turn answers)."""
+    """The SDK's default model class speaks /v1/responses. A 135M model needs the call forced (the
+    SDK resets tool_choice after it, so the second turn answers), and a structured output type
+    (text.format json_schema: the grammar ends the answer; the SDK treats a cut answer as an error)."""
     import agents
+    from pydantic import BaseModel
+
+    class Weather(BaseModel):
+        sky: Literal["sunny", "cloudy", "rainy"]
 
     agents.set_tracing_disabled(True)
     calls: list[str] = []
@@ -187,13 +192,14 @@ def test_agents_sdk_runs_a_function_tool_through_responses(server: str) -> None:
     provider = agents.OpenAIProvider(openai_client=openai.AsyncOpenAI(base_url=server, api_key="x", max_retries=0))
     assert isinstance(provider.get_model(MODEL), agents.OpenAIResponsesModel)  # the default, not chat completions
     agent = agents.Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather], model=MODEL,
-                         model_settings=agents.ModelSettings(tool_choice="get_weather", temperature=0, max_tokens=16))
+                         output_type=Weather, model_settings=agents.ModelSettings(tool_choice="get_weather",
+                                                                                temperature=0, max_tokens=64))
     result = asyncio.run(agents.Runner.run(agent, "What is the weather in Paris?", max_turns=3,
                                            run_config=agents.RunConfig(model_provider=provider)))
     assert len(calls) == 1 and calls[0]
     kinds = [type(item).__name__ for item in result.new_items]
     assert kinds == ["ToolCallItem", "ToolCallOutputItem", "MessageOutputItem"]
-    assert isinstance(result.final_output, str)
+    assert isinstance(result.final_output, Weather)
     assert len(result.raw_responses) == 2 and all(r.response_id.startswith("resp_") for r in result.raw_responses)
 
 

@@ -311,10 +311,13 @@ class Session:
         self.api_key, self.model_arg, self.timeout = api_key, model, timeout
         self.prefix = urlsplit(self.base_url).path.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(timeout=timeout, headers=headers)
+        # A fresh connection per request: a server that drops its connection after a crash must
+        # fail the row that crashed it, not the next one (which would meet the closed socket).
+        fresh = httpx.Limits(max_keepalive_connections=0)
+        self.http = httpx.Client(timeout=timeout, headers=headers, limits=fresh)
         # No retries: a failure must show as a failure, not as a slow success.
         self.sdk = openai.OpenAI(base_url=self.base_url, api_key=api_key or "no-key-given", max_retries=0,
-                                 timeout=timeout)
+                                 timeout=timeout, http_client=openai.DefaultHttpxClient(limits=fresh))
         self._memo: dict[str, Any] = {}
         self.reported: dict[str, set[str]] = {}  # schema -> problems a row has already reported
 

@@ -350,7 +350,7 @@ def chat_stream_usage(t: Probe) -> None:
     usage = last.get("usage")
     if not isinstance(usage, dict):
         t.fail("with stream_options.include_usage the last chunk before [DONE] should carry usage; "
-               f"it has {_clip(usage) if 'usage' in last else 'no usage field'}")
+               f"it has {'usage: ' + _clip(usage) if 'usage' in last else 'no usage field'}")
     t.expect(last.get("choices") == [], f"the usage chunk has choices {_clip(last.get('choices'))}, expected []")
     early = [i for i, c in enumerate(chunks[:-1]) if c.get("usage") is not None]
     t.expect(not early, f"chunk {early[0] if early else ''} carries usage before the end: only the last should")

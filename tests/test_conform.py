@@ -416,6 +416,9 @@ def test_events_are_parsed_as_sse_not_as_lines() -> None:
     events, rest = core.parse_events('data: {"a": 1}\r\n\r\n: keep-alive\n\ndata:x\ndata: y\n\ndata: [DO', 1.5)
     assert [(e.data, e.at) for e in events] == [('{"a": 1}', 1.5), ("x\ny", 1.5)]
     assert rest == "data: [DO"
+    events, rest = core.parse_events("data: 1\r\n\r", 2.0)  # the CR of a CRLF split across two reads
+    assert (events, rest) == ([], "data: 1\n\r")
+    assert [e.data for e in core.parse_events(rest + "\n", 2.5)[0]] == ["1"]
 
 
 def test_stop_sequence_is_taken_from_the_reply() -> None:

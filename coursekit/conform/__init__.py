@@ -74,17 +74,10 @@ def run(base_url: str, api_key: str | None = None, model: str | None = None, *, 
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
-        resolved = model
-        if resolved is None:
-            try:
-                from .core import Probe
-                resolved = Probe(session).model
-            except Exception:
-                resolved = None
     finally:
         session.close()
-    return Report(session.base_url, resolved, rows, started, time.perf_counter() - t0, bool(api_key),
-                  session.notes)
+    return Report(session.base_url, session.model_used or model, rows, started, time.perf_counter() - t0,
+                  bool(api_key), session.notes)
 
 
 # ---- the command line -------------------------------------------------------------------------
@@ -110,13 +103,12 @@ def main(args: argparse.Namespace) -> int:
         print("coursekit conform: give --base-url URL (or --compare FILE...)", file=sys.stderr)
         return 2
     width = max(80, min(shutil.get_terminal_size((110, 24)).columns, 140))
-    session_rows = [(c[1]) for c in all_rows()]
-    fake = [Row(i, "", "", False) for i in session_rows]
+    columns = [Row(row_id, "", "", False) for _, row_id, _, _ in all_rows()]  # the widths, before any row ran
     print(f"coursekit conform {args.base_url}" + (f"  model: {args.model}" if args.model else "")
           + f"  API key: {'given' if args.api_key else 'none'}\n", flush=True)
-    print(table_head(fake), flush=True)
+    print(table_head(columns), flush=True)
     report = run(args.base_url, args.api_key, args.model, timeout=args.timeout,
-                 on_row=lambda row: print(format_row(row, fake, width), flush=True))
+                 on_row=lambda row: print(format_row(row, columns, width), flush=True))
     for note in report.notes:
         print(f"note: {note}")
     print(f"\nmodel: {report.model or '(none)'}\n{report.summary()}")

@@ -9,6 +9,7 @@ problem passes. A protocol is a ``Group`` of checks; ``run`` in ``__init__`` run
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import json
 import re
@@ -265,7 +266,6 @@ class Event:
 
     data: str
     at: float
-    fields: tuple[str, ...] = ()
 
 
 @dataclass
@@ -282,23 +282,26 @@ def _clip(text: str, n: int) -> str:
 
 
 def parse_events(buffer: str, at: float) -> tuple[list[Event], str]:
-    """Complete events in ``buffer`` (SSE: blank-line separated, ``data:`` lines), and what is left."""
-    buffer = buffer.replace("\r\n", "\n").replace("\r", "\n")
+    """Complete events in ``buffer`` (SSE: blank-line separated, ``data:`` lines), and what is left.
+
+    Lines may end in CRLF, LF or CR; a CR at the very end waits for the next bytes, in case they
+    begin with its LF.
+    """
+    held = "\r" if buffer.endswith("\r") else ""
+    buffer = buffer[: len(buffer) - len(held)].replace("\r\n", "\n").replace("\r", "\n")
     *complete, rest = buffer.split("\n\n")
     events = []
     for block in complete:
-        data, names = [], []
+        data = []
         for line in block.split("\n"):
             if not line or line.startswith(":"):
                 continue  # a comment (keep-alive)
             name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            names.append(name)
             if name == "data":
-                data.append(value)
+                data.append(value[1:] if value.startswith(" ") else value)
         if data:
-            events.append(Event("\n".join(data), at, tuple(names)))
-    return events, rest
+            events.append(Event("\n".join(data), at))
+    return events, rest + held
 
 
 class Session:
@@ -320,6 +323,7 @@ class Session:
                                  timeout=timeout, http_client=openai.DefaultHttpxClient(limits=fresh))
         self._memo: dict[str, Any] = {}
         self.reported: dict[str, set[str]] = {}  # schema -> problems a row has already reported
+        self.model_used: str | None = None
 
     def close(self) -> None:
         self.http.close()
@@ -370,7 +374,7 @@ class Session:
                 r.read()
                 raise Exchange("POST", self.shown(path), r.status_code, r.headers, r.content,
                                time.perf_counter() - t0).refused()
-            decoder = _Utf8()
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             for chunk in r.iter_bytes():
                 now = time.perf_counter() - t0
                 raw += chunk
@@ -389,16 +393,6 @@ def _again(exc: Outcome) -> Outcome:
     if isinstance(exc, Refused):
         return Refused(exc.reason, exc.http_status)
     return type(exc)(exc.reason)
-
-
-class _Utf8:
-    def __init__(self) -> None:
-        import codecs
-
-        self._d = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def decode(self, data: bytes, final: bool = False) -> str:
-        return self._d.decode(data, final)
 
 
 class _TransportErrors:
@@ -487,14 +481,17 @@ class Probe:
     def model(self) -> str:
         s = self.session
         if s.model_arg:
+            s.model_used = s.model_arg
             return s.model_arg
         try:
             models = s.memo("models", lambda: fetch_models(s))
         except Outcome as exc:
             raise Fail(f"no model to ask for: listing the models failed ({exc.reason}); pass --model") from None
-        ids = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)] if isinstance(models, dict) else []
+        data = models.get("data") if isinstance(models, dict) else None
+        ids = [m.get("id") for m in data if isinstance(m, dict)] if isinstance(data, list) else []
         if not ids or not isinstance(ids[0], str):
             raise Fail("no model to ask for: GET /models lists none; pass --model")
+        s.model_used = ids[0]
         return ids[0]
 
     def get(self, path: str, **kw: Any) -> Exchange:
@@ -596,6 +593,8 @@ def run_check(check: Check, group: str, session: Session) -> Row:
     except Refused as exc:
         status = NOT_OFFERED if exc.is_refusal and not check.required else FAIL
         reason = ("refused: " if exc.is_refusal and check.required else "") + exc.reason
+        if exc.http_status == 401 and not session.api_key:
+            reason += " (the server wants an API key: pass --api-key)"
     except Outcome as exc:
         status, reason = exc.status, exc.reason
     except Exception as exc:  # a reply shaped so oddly that the check itself tripped over it

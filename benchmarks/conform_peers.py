@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +29,7 @@ sys.path[:0] = [str(ROOT), str(HERE)]
 import httpx  # noqa: E402
 
 from contenders import Server, peer_available, peer_server, reference_server  # noqa: E402
+from machine import LoadMeter  # noqa: E402
 from coursekit import conform  # noqa: E402
 from reference_server.settings import embedded_model_path  # noqa: E402
 
@@ -74,18 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     servers["reference"].argv += ["--api-key", KEY]
     servers["peer"].argv += ["--api_key", KEY]
     reports: dict[str, conform.Report] = {}
+    others: dict[str, float | None] = {}
     try:
         for server in servers.values():
             server.start()
         for key, server in servers.items():
             wait_ready(server, 180)
             print(f"{LABELS[key]}: {' '.join(server.argv[1:])}", file=sys.stderr)
-            reports[LABELS[key]] = conform.run(server.base_url, api_key=KEY)
+            with LoadMeter([os.getpid(), server.proc.pid]).measure() as load:
+                reports[LABELS[key]] = conform.run(server.base_url, api_key=KEY)
+            others[LABELS[key]] = load.other
             print(reports[LABELS[key]].table(), file=sys.stderr)
     finally:
         for server in servers.values():
             server.stop()
-    text = render(reports, args)
+    text = render(reports, others, args)
     print(text)
     if args.save:
         RESULTS.mkdir(exist_ok=True)
@@ -96,10 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def render(reports: dict[str, conform.Report], args: argparse.Namespace) -> str:
+def render(reports: dict[str, conform.Report], others: dict[str, float | None], args: argparse.Namespace) -> str:
     day = dt.date.today().isoformat()
     versions = ", ".join(f"{p} {version(p)}" for p in ("llama-cpp-python", "openai", "fastapi"))
-    times = ", ".join(f"{name}: {report.seconds:.0f} s" for name, report in reports.items())
+    times = ", ".join(f"{name}: {report.seconds:.0f} s" + (
+        f" (other processes took {others[name]:.0%} of the CPU meanwhile)" if others.get(name) is not None else "")
+        for name, report in reports.items())
     return "\n".join([
         f"`python benchmarks/conform_peers.py --save` on {day}: SmolLM2-135M-Instruct Q4_1, "
         f"n_ctx {args.n_ctx}, {args.threads} thread{'s' * (args.threads != 1)} each, an API key on both; "

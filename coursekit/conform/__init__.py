@@ -153,7 +153,7 @@ def compare_text(reports: dict[str, Report]) -> str:
     lines.append(". pass   F fail   - not offered   s skipped")
     lines.append("")
     for k, (name, rep) in enumerate(reports.items()):
-        verdict = "conforms" if rep.ok else f"does not conform ({sum(r.blocking for r in rep.rows)} required rows)"
+        verdict = "conforms" if rep.ok else f"does not conform ({rep.blocking_count()})"
         lines.append(f"[{k + 1}] {name}  {rep.base_url}  {verdict}")
         for r in rep.rows:
             if r.status in (FAIL,):

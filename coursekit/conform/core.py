@@ -112,6 +112,10 @@ class Report:
         """``ok``, and no optional feature that the server offers is broken."""
         return self.ok and not any(r.status == FAIL for r in self.rows)
 
+    def blocking_count(self) -> str:
+        n = sum(r.blocking for r in self.rows)
+        return f"{n} required row{'s' * (n != 1)} not passing"
+
     def row(self, id: str) -> Row:
         for r in self.rows:
             if r.id == id:
@@ -130,8 +134,7 @@ class Report:
         optional = [r for r in self.rows if not r.required]
         blocking = [r.id for r in self.rows if r.blocking]
         verdict = ("CONFORMS: every required feature passes" if not blocking else
-                   f"DOES NOT CONFORM: {len(blocking)} required row{'s' * (len(blocking) != 1)} "
-                   f"not passing ({', '.join(blocking)})")
+                   f"DOES NOT CONFORM: {self.blocking_count()} ({', '.join(blocking)})")
         return f"required: {counts(required)} · optional: {counts(optional)} · {self.seconds:.1f} s\n{verdict}"
 
     def header(self) -> str:
@@ -139,6 +142,9 @@ class Report:
                  f"  API key: {'given' if self.api_key_given else 'none'}"]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
 
     def table(self, width: int = 110) -> str:
         return "\n".join([self.header(), "", table_head(self.rows)]
@@ -202,7 +208,7 @@ def markdown(reports: dict[str, Report]) -> str:
         lines.append(f"| `{row.id}` {row.feature.replace('|', '/')} | {'required' if row.required else 'optional'} | "
                      + " | ".join(cell(r) for r in found) + " |")
     lines.append("| **verdict** | | " + " | ".join(
-        "**conforms**" if rep.ok else f"**does not conform** ({sum(r.blocking for r in rep.rows)} required rows)"
+        "**conforms**" if rep.ok else f"**does not conform** ({rep.blocking_count()})"
         for rep in reports.values()) + " |")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""``coursekit``: generate the labs, read checkpoint logs.
+"""``coursekit``: generate the labs, read checkpoint logs, check a server's conformance.
 
     coursekit labs [generate]             regenerate labs/ from solutions/
     coursekit labs --check                exit 1 if labs/ differs from what would be generated
@@ -110,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     machine = sub.add_parser("machine", help="print this machine's description (JSON)")
     machine.set_defaults(run=lambda _: print(json.dumps(checkpoint.machine_info(), indent=2)) or 0)
 
-    conform = sub.add_parser("conform", aliases=["exam"], help="check a server against OpenAI's API, feature by "
-                             "feature (exit 0 if every required feature passes)")
     from . import conform as conform_module
+    conform = sub.add_parser("conform", aliases=["exam"], help="check a server against OpenAI's API, feature by "
+                             "feature (exit 0 if every required feature passes)",
+                             description=conform_module.__doc__.split("\n")[0].replace("``", ""))
     conform_module.add_arguments(conform)
     conform.set_defaults(run=conform_module.main)
 

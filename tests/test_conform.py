@@ -305,7 +305,8 @@ def test_every_request_the_checker_sends_is_valid_but_the_deliberate_ones(fakes:
             invalid.append((sorted(body), ours, spec))
     assert len(received) > 15
     assert [i if i == "unparsable" else i[1] for i in invalid] == [
-        "unparsable", ["messages: required field is missing"], ["max_tokens: expected an integer or null, found a string 'ten'"]]
+        "unparsable", ["messages: required field is missing"],
+        ["max_tokens: expected an integer or null, found a string 'ten'"]]
 
 
 def test_an_unreachable_server_fails_every_row_in_words() -> None:
@@ -349,6 +350,8 @@ def test_command_line_table_json_and_exit_codes(fakes: tuple[str, list], tmp_pat
     compared = capsys.readouterr().out
     assert re.search(r"^chat\.stream +\. +F\s*$", compared, re.M), compared
     assert "[2] bad" in compared and "chat.stream: the stream does not end" in compared
+    assert main(["conform", "--compare", str(good), str(bad), "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| row | need | good | bad |\n")
 
 
 def test_strict_fails_on_a_broken_optional_feature(open_fakes: str) -> None:
@@ -369,7 +372,8 @@ def _args(base_url: str, **extra: Any) -> Any:
 
 def test_markdown_side_by_side(fakes: tuple[str, list], open_fakes: str) -> None:
     root, _ = fakes
-    reports = {"good": conform.run(f"{root}/good/v1", api_key=KEY), "buffered": conform.run(f"{open_fakes}/buffered/v1")}
+    reports = {"good": conform.run(f"{root}/good/v1", api_key=KEY),
+               "buffered": conform.run(f"{open_fakes}/buffered/v1")}
     text = conform.markdown(reports)
     lines = text.splitlines()
     assert lines[0] == "| row | need | good | buffered |"

@@ -559,12 +559,15 @@ def fetch_models(session: Session) -> Any:
 
 # ---- groups of checks -------------------------------------------------------------------------
 
+CheckFn = Callable[[Probe], None]
+
+
 @dataclass(frozen=True)
 class Check:
     id: str
     feature: str
     required: bool
-    fn: Callable[[Probe], None]
+    fn: CheckFn
 
 
 @dataclass
@@ -575,8 +578,8 @@ class Group:
     title: str
     checks: list[Check] = field(default_factory=list)
 
-    def check(self, id: str, feature: str, *, required: bool) -> Callable[[Callable[[Probe], None]], Callable[[Probe], None]]:
-        def register(fn: Callable[[Probe], None]) -> Callable[[Probe], None]:
+    def check(self, id: str, feature: str, *, required: bool) -> Callable[[CheckFn], CheckFn]:
+        def register(fn: CheckFn) -> CheckFn:
             if any(c.id == id for c in self.checks):
                 raise ValueError(f"two checks named {id!r}")
             self.checks.append(Check(id, feature, required, fn))

@@ -233,8 +233,8 @@ def read_chunks(t: Probe, stream: Stream, schema: str, *, skip: tuple[str, ...] 
             chunks.append(chunk)
     if framing:
         if done_at is None:
-            t.problem("the stream does not end with 'data: [DONE]' (OpenAI's clients wait for it)"
-                      + (f"; it ends with {_clip(stream.tail, 40)}, not followed by a blank line" if stream.tail else ""))
+            cut = f"; it ends with {_clip(stream.tail, 40)}, not followed by a blank line" if stream.tail else ""
+            t.problem(f"the stream does not end with 'data: [DONE]' (OpenAI's clients wait for it){cut}")
         elif stream.tail:
             t.problem(f"bytes after the last event, not followed by a blank line: {_clip(stream.tail, 40)}")
         if not chunks:
@@ -270,8 +270,10 @@ def deltas(chunks: list[dict[str, Any]]) -> list[tuple[int, str]]:
     out = []
     for i, chunk in enumerate(chunks):
         for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") if isinstance(choice, dict) else None
-            text = delta.get("content") if isinstance(delta, dict) else choice.get("text") if isinstance(choice, dict) else None
+            if not isinstance(choice, dict):
+                continue
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")  # chat, or legacy
             if isinstance(text, str) and text:
                 out.append((i, text))
     return out
@@ -386,7 +388,8 @@ def error_envelope(t: Probe, x: Any, status: int, *, param: str | None | bool = 
     except ValueError:
         t.fail(f"{what}: the error body is not JSON: {_clip(x.text, 80)}")
     if not isinstance(body, dict) or "error" not in body:
-        shape = "FastAPI's default {\"detail\": ...}" if isinstance(body, dict) and "detail" in body else _clip(body, 80)
+        fastapi = isinstance(body, dict) and "detail" in body
+        shape = "FastAPI's default {\"detail\": ...}" if fastapi else _clip(body, 80)
         t.fail(f"{what}: the body is {shape}, not OpenAI's error envelope "
                "{\"error\": {\"message\", \"type\", \"param\", \"code\"}}")
     t.expect(x.content_type == "application/json", f"{what}: Content-Type is {x.content_type!r}, "

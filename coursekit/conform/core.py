@@ -330,6 +330,15 @@ class Session:
         self._memo: dict[str, Any] = {}
         self.reported: dict[str, set[str]] = {}  # schema -> problems a row has already reported
         self.model_used: str | None = None
+        self.unreachable: str | None = None
+
+    def note_connect_failure(self, exc: BaseException, reason: str) -> None:
+        import openai
+
+        if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)) or (
+                isinstance(exc, openai.APIConnectionError) and isinstance(exc.__cause__, (httpx.ConnectError,
+                                                                                          httpx.ConnectTimeout))):
+            self.unreachable = f"not checked: the server could not be reached ({reason})"
 
     def close(self) -> None:
         self.http.close()
@@ -391,7 +400,14 @@ class Session:
         return Stream(exchange, events, headers_at, pending.replace("\r", "\n").strip("\n"))
 
     def _transport(self, method: str, path: str) -> Any:
-        return _TransportErrors(f"{method} {self.shown(path)}", self.base_url, self.timeout)
+        self.reachable()
+        return _TransportErrors(self, f"{method} {self.shown(path)}")
+
+    def reachable(self) -> None:
+        """After one failed connection, every later request fails at once with the same reason:
+        an unreachable address would otherwise cost a full time-out per row."""
+        if self.unreachable:
+            raise Fail(self.unreachable)
 
 
 def _again(exc: Outcome) -> Outcome:
@@ -404,8 +420,8 @@ def _again(exc: Outcome) -> Outcome:
 class _TransportErrors:
     """Connection problems and time-outs become a failed row with a sentence, not a traceback."""
 
-    def __init__(self, what: str, base_url: str, timeout: float) -> None:
-        self.what, self.base_url, self.timeout = what, base_url, timeout
+    def __init__(self, session: Session, what: str) -> None:
+        self.session, self.what = session, what
 
     def __enter__(self) -> None:
         return None
@@ -413,9 +429,11 @@ class _TransportErrors:
     def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
         if exc is None:
             return False
-        reason = transport_reason(exc, self.what, self.base_url, self.timeout)
+        s = self.session
+        reason = transport_reason(exc, self.what, s.base_url, s.timeout)
         if reason is None:
             return False
+        s.note_connect_failure(exc, reason)
         raise Fail(reason) from exc
 
 
@@ -523,14 +541,17 @@ class Probe:
         import openai
 
         shown = self.session.shown(path)
+        self.session.reachable()
         try:
             raw = call()
         except openai.APIStatusError as exc:
             raise Exchange(method, shown, exc.status_code, exc.response.headers, exc.response.content, 0.0).refused() \
                 from None
         except (openai.APIError, httpx.HTTPError) as exc:
-            raise Fail(transport_reason(exc, f"{method} {shown}", self.session.base_url, self.session.timeout)
-                       or f"{method} {shown}: {type(exc).__name__}: {exc}") from None
+            reason = (transport_reason(exc, f"{method} {shown}", self.session.base_url, self.session.timeout)
+                      or f"{method} {shown}: {type(exc).__name__}: {exc}")
+            self.session.note_connect_failure(exc, reason)
+            raise Fail(reason) from None
         response = raw.http_response
         body = self.ok_json(Exchange(method, shown, response.status_code, response.headers, response.content, 0.0))
         try:

@@ -88,40 +88,54 @@ def text(ax, x: float, y: float, s: str, *, size: float = 10, color: str = INK, 
 # ---- 1. a request's path through the server's modules -------------------------------------------
 
 def request_path() -> Figure:
-    """Chapter 1: which module does what, on the way in and on the way out."""
-    # (module, what it does, colours). Rename here when the code moves.
-    layers = [
+    """Chapter 1: which module does what. The request goes down the left column; the events come
+    back up, through the serving layer on the right, which renders them for the router."""
+    # (module, what it does, colours): the left column, top to bottom. Rename here when the code moves.
+    column = [
         ("client", "the openai SDK, curl, a browser", GREY, GREY_FILL),
-        ("reference_server/api/", "routers: parse and check the request, auth,\nthe model's name; every error in OpenAI's envelope",
-         INDIGO, INDIGO_FILL),
-        ("reference_server/serving/", "the response: chat.completion or chunks,\nframed as Server-Sent Events",
-         INDIGO, INDIGO_FILL),
-        ("reference_server/backends/base.py", "the seam: Backend.generate(prompt, sampling)\n"
-         "returns a Generation of events (TextDelta, ChoiceDone)", GREEN, GREEN_FILL),
-        ("reference_server/backends/local/", "the runner: a bounded queue, one worker thread,\n"
-         "the token loop, stop sequences, cancellation", INDIGO, INDIGO_FILL),
+        ("reference_server/api/", "routers: parse and check the request, auth,\n"
+         "the model's name; every error in OpenAI's envelope", INDIGO, INDIGO_FILL),
+        ("reference_server/backends/base.py", "the seam: Backend.chat(request) returns a Run,\n"
+         "a stream of events (TextDelta, ToolCallDelta, ChoiceDone)", GREEN, GREEN_FILL),
+        ("reference_server/backends/local/", "the chat template, token ids; a runner (serial.py):\n"
+         "a bounded queue, one worker thread, the token loop", INDIGO, INDIGO_FILL),
         ("llama.cpp", "through llama-cpp-python: tokens in, logits out", ORANGE, ORANGE_FILL),
     ]
-    down = ["request (JSON)", "request model", "prompt + sampling", "a job in the queue", "token ids"]
-    up = ["bytes: SSE events or JSON", "chunks or one response", "events", "pieces of text", "one token at a time"]
-    width, row, gap, left = 6.4, 0.74, 0.46, 0.15
-    box_w = width - 2 * left
-    height = len(layers) * row + (len(layers) - 1) * gap + 0.3
+    down = ["request (JSON)", "request model", "the request", "token ids"]
+    up = ["SSE bytes or JSON", None, "events", "one token\nat a time"]
+    serving = ("reference_server/serving/", "turns the events into\nchat.completion chunks\nor one response, and\n"
+               "frames the chunks as\nServer-Sent Events")
+    width, row, gap, left, box_w = 6.6, 0.74, 0.46, 0.15, 4.0
+    height = len(column) * row + (len(column) - 1) * gap + 0.3
     fig, ax = canvas(width, height)
     tops = []
-    for i, (name, what, edge, fill) in enumerate(layers):
+    for i, (name, what, edge, fill) in enumerate(column):
         y = height - 0.15 - (i + 1) * row - i * gap
         tops.append(y)
         box(ax, left, y, box_w, row, edge=edge, fill=fill)
         text(ax, left + 0.15, y + row - 0.17, name, size=9.5, mono=True, bold=True, ha="left", color=edge)
         text(ax, left + 0.15, y + row / 2 - 0.1, what, size=8.5, ha="left", color=INK, linespacing=1.25)
-    x_in, x_out = width / 2 - 0.2, width / 2 + 0.2
-    for i in range(len(layers) - 1):
+    x_in, x_out = left + box_w / 2 - 0.2, left + box_w / 2 + 0.2
+    for i in range(len(column) - 1):
         upper, lower = tops[i], tops[i + 1] + row
         arrow(ax, (x_in, upper), (x_in, lower), color=INDIGO)
-        arrow(ax, (x_out, lower), (x_out, upper), color=ORANGE)
         text(ax, x_in - 0.12, (upper + lower) / 2, down[i], size=8, color=INDIGO, ha="right")
-        text(ax, x_out + 0.12, (upper + lower) / 2, up[i], size=8, color=ORANGE, ha="left")
+        if up[i]:
+            arrow(ax, (x_out, lower), (x_out, upper), color=ORANGE)
+            text(ax, x_out + 0.12, (upper + lower) / 2, up[i], size=8, color=ORANGE, ha="left",
+                 linespacing=1.1)
+    # the serving layer: beside the api and the seam; events go up through it
+    sx, sw = left + box_w + 0.45, width - left - box_w - 0.45 - 0.1
+    s_top, s_bottom = tops[1] + row, tops[2]
+    box(ax, sx, s_bottom, sw, s_top - s_bottom, edge=INDIGO, fill=INDIGO_FILL)
+    text(ax, sx + 0.12, s_top - 0.17, serving[0].replace("reference_server/", "reference_server/\n"), size=9,
+         mono=True, bold=True, ha="left", va="top", color=INDIGO, linespacing=1.15)
+    text(ax, sx + 0.12, s_top - 0.62, serving[1], size=8.5, ha="left", va="top", linespacing=1.25)
+    y_seam, y_api = tops[2] + row / 2, tops[1] + row / 2
+    arrow(ax, (left + box_w, y_seam), (sx, y_seam), color=ORANGE)
+    text(ax, left + box_w + 0.22, y_seam + 0.12, "events", size=8, color=ORANGE)
+    arrow(ax, (sx, y_api), (left + box_w, y_api), color=ORANGE)
+    text(ax, left + box_w + 0.22, y_api + 0.12, "chunks", size=8, color=ORANGE)
     return fig
 
 

@@ -19,7 +19,6 @@ import pytest
 from fastapi.testclient import TestClient
 from jsonschema.exceptions import best_match
 
-import openai_spec
 import schemas
 from conftest import MODEL, sse_events
 from reference_server import Settings, create_app
@@ -28,6 +27,7 @@ from reference_server.backends.scripted import ScriptedBackend
 from reference_server.errors import APIError
 from reference_server.protocol_responses import chat_messages, responses_param
 from reference_server.store import ResponseStore, Stored
+from schemas import openai_spec
 
 WEATHER = {"type": "function", "name": "get_weather", "description": "Today's weather in a city.",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},

@@ -330,10 +330,26 @@ def embeddings(srv: Server) -> None:
     client = openai.OpenAI(base_url=srv.base_url, api_key="not-needed", max_retries=0)
     vectors = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=sentences).data])
     sims = vectors @ vectors.T
+    # Lab 6's corpus: 24 documents in 8 topics. Same-topic pairs against different-topic pairs
+    # shows how much of a cosine is meaning and how much is the direction all vectors share.
+    corpus = [json.loads(line) for line in (ROOT / "labs" / "data" / "corpus.jsonl").read_text().splitlines()]
+    docs = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=[c["text"] for c in corpus]).data])
+    pairs = docs @ docs.T
+    same, different = [], []
+    for i in range(len(corpus)):
+        for j in range(i + 1, len(corpus)):
+            (same if corpus[i]["topic"] == corpus[j]["topic"] else different).append(float(pairs[i, j]))
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"pairs": len(values), "min": round(min(values), 3), "median": round(float(np.median(values)), 3),
+                "max": round(max(values), 3)}
+
     save("embeddings_similarity.json", {
         "dimensions": dims, "norms": [round(float(n), 6) for n in np.linalg.norm(vectors, axis=1)],
         "sentences": sentences,
-        "cosine": [[round(float(x), 3) for x in row] for row in sims]})
+        "cosine": [[round(float(x), 3) for x in row] for row in sims],
+        "lab6_corpus": {"documents": len(corpus), "topics": len({c["topic"] for c in corpus}),
+                        "same_topic": spread(same), "different_topic": spread(different)}})
 
 
 # ---- measurements: this machine -------------------------------------------------------------

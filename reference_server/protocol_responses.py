@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from . import errors
 from .protocol import CreateChatCompletionRequest
 
 NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # function and schema names, as in chat completions
@@ -47,8 +48,9 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def _kind(served: tuple[str, ...], default: str | None = None):
-    """A discriminator: the object's ``type`` if this server serves it, else ``refused``."""
+def _kind(served: tuple[str, ...], default: str | None = None) -> Discriminator:
+    """A discriminator: the object's ``type`` if this server serves it, else ``refused`` (a model
+    whose only job is to say why; pydantic's own "does not match any of" names no reason)."""
     def pick(value: Any) -> str:
         kind = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", None)
         if kind is None:
@@ -114,11 +116,12 @@ class Message(_Part):
     @field_validator("content")
     @classmethod
     def _parts_fit_the_role(cls, content: Any, info: ValidationInfo) -> Any:
-        if isinstance(content, list) and info.data.get("role") != "assistant":
+        role = info.data.get("role")  # absent when the role itself was invalid: that error says it
+        if isinstance(content, list) and role not in (None, "assistant"):
             for part in content:
                 if not isinstance(part, InputTextContent):
                     raise _refuse(f"Invalid content type: '{part.type}' parts are what the assistant wrote; in a "
-                                  f"'{info.data.get('role')}' message send 'input_text' parts.")
+                                  f"'{role}' message send 'input_text' parts.")
         return content
 
 
@@ -530,8 +533,6 @@ def chat_messages(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def check_call_outputs(history: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
     """Every function_call_output answers a call made earlier in the conversation, as OpenAI requires."""
-    from . import errors
-
     called = {item["call_id"] for item in history if item["type"] == "function_call"}
     for i, item in enumerate(items):
         if item["type"] == "function_call":

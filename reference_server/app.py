@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import accounting, errors, limits, metrics
-from .api import chat, completions, embeddings, health, models
+from .api import chat, completions, embeddings, health, models, responses
 from .api.auth import require_api_key
 from .limits import enforce_limits
 from .backends.base import Backend
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     backend = accounting.install(app, settings, backend, owned)  # metrics, per-key limits (chapter 11)
     app.state.settings, app.state.backend = settings, backend
     v1 = [Depends(require_api_key), Depends(enforce_limits)]
-    for router in (models.router, chat.router, completions.router, embeddings.router, limits.router):
+    for router in (models.router, chat.router, completions.router, embeddings.router, responses.router,
+                   limits.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
     app.include_router(metrics.router)

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
                    help=f"allow browser calls from ORIGIN (repeatable, '*' for any) [{env('CORS_ORIGINS')}]")
     p.add_argument("--max-queue", type=int, help=f"requests that may wait before 429 (default 16) [{env('MAX_QUEUE')}]")
+    p.add_argument("--responses-store", dest="responses_store_size", type=int, metavar="N",
+                   help=f"stored Responses API responses kept in memory, least recently used dropped first "
+                        f"(default 1000) [{env('RESPONSES_STORE_SIZE')}]")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
                    help=f"do not load the embeddings context [{env('EMBEDDINGS')}=false]")
     p.add_argument("--verbose", action="store_const", const=True, help="let llama.cpp log to stderr")

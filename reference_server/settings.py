@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                          description="Origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(16, ge=0, description="Requests that may wait for the model before 429.")
+    responses_store_size: int = Field(1000, ge=1, description="Responses kept for previous_response_id and "
+                                      "GET /v1/responses/{id}; the least recently used go first.")
     embeddings: bool = Field(True, description="Load a second, mean-pooled context for /v1/embeddings.")
     verbose: bool = Field(False, description="Let llama.cpp log to stderr.")
     extra_buffers: Literal["auto", "on", "off"] = Field(

@@ -279,6 +279,17 @@ def test_the_official_client_streams_through_the_gateway(pair):
     assert [c.index for c in completion.choices] == [0, 1] and completion.usage.completion_tokens == 6
 
 
+def test_the_responses_api_works_through_the_gateway(pair):
+    """Another protocol over the same events: the gateway is a backend, not a byte pipe."""
+    client = openai.OpenAI(base_url=pair.base_url, api_key="unused", max_retries=0)
+    reply = client.responses.create(model=MODEL, input="Say hi.", max_output_tokens=16)
+    assert reply.status in ("completed", "incomplete") and reply.output_text and reply.usage.input_tokens > 0
+    events = [e.type for e in client.responses.create(model=MODEL, input="Say hi.", max_output_tokens=16,
+                                                      stream=True)]
+    assert events[0] == "response.created" and "response.output_text.delta" in events
+    assert events[-1] in ("response.completed", "response.incomplete")
+
+
 def test_an_upstream_4xx_is_the_clients_error_and_is_not_retried(pair):
     before = metrics(pair.root)
     r = httpx.post(f"{pair.base_url}/embeddings", json={"model": MODEL, "input": "hi"})

@@ -18,7 +18,7 @@ from ..errors import APIError
 from ..protocol_responses import CreateResponse, check_call_outputs, input_items, responses_param, to_chat
 from ..serving import responses
 from ..store import ResponseStore, Stored
-from .deps import BackendDep, require_model, unless_disconnected
+from .deps import BackendDep, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["responses"])
 
@@ -58,6 +58,8 @@ async def create_response(body: CreateResponse, request: Request, backend: Backe
     except APIError as exc:  # the backend names chat fields: name the field this client sent
         exc.param = responses_param(exc.param)
         raise
+    if gone := await started(request, run):  # a gateway: an upstream has sent its first token (chapter 11)
+        return gone
 
     def keep(response: dict[str, Any]) -> None:
         if response["store"]:

@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import errors, lifecycle, openapi, request_limits
-from .api import chat, completions, embeddings, health, models
+from . import accounting, errors, lifecycle, limits, metrics, openapi, request_limits
+from .api import chat, completions, embeddings, health, models, responses
 from .api.auth import require_api_key
+from .limits import enforce_limits
 from .backends.base import Backend
 from .settings import Settings
 
@@ -29,6 +30,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     it has started (the CLI prints its banner there).
     """
     settings = settings or Settings()
+    owned = backend is None
+    if backend is None and settings.upstreams:  # a gateway (chapter 11): no local model
+        from .backends.upstream import UpstreamBackend
+        backend = UpstreamBackend(settings)
     if backend is None:
         from .backends.local import LocalBackend
         backend = LocalBackend(settings)
@@ -50,7 +55,6 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     # --8<-- [end:lifespan]
 
     app = FastAPI(title="llama.cpp OpenAI-compatible reference server", version="0.1.0", lifespan=lifespan)
-    app.state.settings, app.state.backend = settings, backend
     errors.install(app)
     # --8<-- [start:reliability]
     # Reliability (course/reference/reliability.md): bodies over the limit are a 413 before parsing;
@@ -58,16 +62,20 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     app.state.drain = lifecycle.Drain(settings.shutdown_grace)
     app.add_middleware(request_limits.BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(lifecycle.DrainMiddleware, drain=app.state.drain)
-    openapi.install(app, settings, [card.id for card in backend.models()])
+    openapi.install(app, settings, lambda: [card.id for card in app.state.backend.models()])
     # --8<-- [end:reliability]
     # --8<-- [start:mount_routers]
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in settings.cors_origins)
-    v1 = [Depends(require_api_key)]
-    for router in (models.router, chat.router, completions.router, embeddings.router):
+    backend = accounting.install(app, settings, backend, owned)  # metrics, per-key limits (chapter 11)
+    app.state.settings, app.state.backend = settings, backend
+    v1 = [Depends(require_api_key), Depends(enforce_limits)]
+    for router in (models.router, chat.router, completions.router, embeddings.router, responses.router,
+                   limits.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # --8<-- [end:mount_routers]
     return app
 # --8<-- [end:create_app]

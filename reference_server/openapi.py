@@ -19,7 +19,7 @@ tests/test_openapi.py checks the result against the server, and tests/test_fuzz.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from fastapi import FastAPI
@@ -70,12 +70,19 @@ def responses(ok: Any = None, *, stream: Any = None, errors: Iterable[int] = ())
 # --8<-- [end:responses]
 
 
-def install(app: FastAPI, settings: Settings, model_ids: list[str]) -> None:
-    """Serves ``document`` as the app's OpenAPI document (built on first request, then cached),
-    and /docs from files installed with the server."""
+def install(app: FastAPI, settings: Settings, model_ids: Callable[[], list[str]]) -> None:
+    """Serves ``document`` as the app's OpenAPI document, and /docs from files installed with the server.
+
+    The document is built when first asked for, and again only if the served ids have changed:
+    the local backend knows its one id from the settings, before the model loads; a gateway
+    learns its ids from its upstreams.
+    """
+    built_for: list[list[str]] = []
+
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            app.openapi_schema = document(app, settings, model_ids)
+        ids = model_ids()
+        if app.openapi_schema is None or built_for != [ids]:
+            app.openapi_schema, built_for[:] = document(app, settings, ids), [ids]
         return app.openapi_schema
     app.openapi = openapi  # type: ignore[method-assign]
     _offline_docs(app)
@@ -215,13 +222,13 @@ def _served_models(operation: dict[str, Any], components: dict[str, Any], model_
     """Unknown ids are a 404 (api/deps.py); the document lists the known ones."""
     body = _body_schema(operation, components)
     model = (body or {}).get("properties", {}).get("model")
-    if model is not None and model.get("type") == "string":
+    if model is not None and model.get("type") == "string" and model_ids:  # none yet: a gateway's upstreams are down
         model["enum"] = list(model_ids)
         for example in body.get("examples", []):  # "Try it out" at /docs sends a request that works
             if isinstance(example, dict) and "model" in example and model_ids:
                 example["model"] = model_ids[0]
     for parameter in operation.get("parameters", []):
-        if parameter["in"] == "path" and parameter["name"] == "model_id":
+        if parameter["in"] == "path" and parameter["name"] == "model_id" and model_ids:
             parameter["schema"]["enum"] = list(model_ids)
 
 

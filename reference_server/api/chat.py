@@ -10,7 +10,7 @@ from ..serving import chat
 from ..serving.common import Responder
 from ..serving.sse import sse_response
 from ..serving.types import CreateChatCompletionResponse, CreateChatCompletionStreamResponse
-from .deps import BackendDep, check_limits, require_model, unless_disconnected
+from .deps import BackendDep, check_limits, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["chat"])
 
@@ -22,6 +22,8 @@ async def create_chat_completion(body: CreateChatCompletionRequest, request: Req
     check_limits(request, body)
     require_model(backend, body.model)
     run = backend.chat(body)  # validated and queued: a full queue is a 429 before anything is sent
+    if gone := await started(request, run):  # a gateway: an upstream has sent its first token
+        return gone
     want_logprobs = bool(body.logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

@@ -10,7 +10,7 @@ from ..serving import completions
 from ..serving.common import Responder
 from ..serving.sse import sse_response
 from ..serving.types import CreateCompletionResponse
-from .deps import BackendDep, check_limits, require_model, unless_disconnected
+from .deps import BackendDep, check_limits, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["completions"])
 
@@ -21,6 +21,8 @@ async def create_completion(body: CreateCompletionRequest, request: Request, bac
     check_limits(request, body)
     require_model(backend, body.model)
     runs = backend.complete(body)
+    if gone := await started(request, runs[0]):
+        return gone
     want_logprobs = body.logprobs is not None
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     r = Responder.start("cmpl", "text_completion", body.model, backend.fingerprint, include_usage)

@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     # Reliability (course/reference/reliability.md): bodies over the limit are a 413 before parsing;
     # on shutdown, requests in flight get shutdown_grace seconds; /openapi.json says what is enforced.
     app.state.drain = lifecycle.Drain(settings.shutdown_grace)
+    backend = lifecycle.Drained(backend, app.state.drain)  # at the deadline, its runs end with an error
     app.add_middleware(request_limits.BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(lifecycle.DrainMiddleware, drain=app.state.drain)
     openapi.install(app, settings, lambda: [card.id for card in app.state.backend.models()])

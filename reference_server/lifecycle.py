@@ -3,29 +3,34 @@ flight finish for ``shutdown_grace`` seconds, ends what is left with an error, a
 
 uvicorn already stops accepting and waits for open responses; what it does at the end of its
 wait is cancel them, which cuts a stream mid-chunk and turns a pending request into a bare
-500. ``Drain`` ends them first, in the protocol's own words: a stream gets an error event and
-its terminator (the client's SDK raises a clear error instead of a broken connection), a
-request still waiting for the model gets a 503 in the error envelope. Cancelling a request
-closes its generation, so the model stops working for it at the next token.
+500. ``Drain`` ends them first, and in each protocol's own words: every run of the backend goes
+through ``Drained``, and a run still going at the deadline raises the ``server_shutting_down``
+error where it is being read, exactly as a failing generation would. So a chat stream ends with
+an error event and ``[DONE]``, a Responses stream with ``error`` and ``response.failed``, and a
+request still waiting for the model gets a 503 in its envelope. The generation is closed, so the
+model stops working for it at the next token. Anything the backend does not hold (a body still
+arriving, say) is cancelled by ``DrainMiddleware`` a moment later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import uvicorn
 from starlette.responses import JSONResponse
 
 from . import errors
-from .serving.sse import DONE, encode
+from .backends.base import Backend, Embedded, Event, ModelCard, Run
 
-# After the grace period the drain ends every response; uvicorn's own deadline comes this much later.
-BACKSTOP_S = 5.0
+T = TypeVar("T")
+
+BACKSTOP_S = 5.0  # uvicorn's own deadline comes this much after the grace period
+FALLBACK_S = 1.0  # after the deadline, what the backend did not end is cancelled this much later
 
 
 def shutting_down() -> errors.APIError:
@@ -34,46 +39,124 @@ def shutting_down() -> errors.APIError:
                            headers={"Retry-After": "1"})
 
 
-# How a protocol ends a stream with an error; protocols with their own framing register theirs.
-StreamEnding = Callable[[dict[str, Any]], bytes]
-_STREAM_ENDINGS: dict[str, StreamEnding] = {"/": lambda body: encode(body) + DONE}
-
-
-def register_stream_ending(path_prefix: str, ending: StreamEnding) -> None:
-    _STREAM_ENDINGS[path_prefix] = ending
-
-
-def _stream_ending(path: str) -> StreamEnding:
-    return _STREAM_ENDINGS[max((p for p in _STREAM_ENDINGS if path.startswith(p)), key=len)]
-
-
 # --8<-- [start:drain]
 class Drain:
-    """The app's requests in flight, and the deadline after which they are ended."""
+    """The deadline of a shutdown, and what is waiting on the backend when it comes."""
 
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.started = self.expired = False
+        self._waiting: dict[asyncio.Task[Any], bool] = {}  # task -> interrupted by the drain
         self._scopes: set[anyio.CancelScope] = set()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._scopes)
 
     def begin(self) -> None:
         """Shutdown has started (on the event loop): the grace period runs from now."""
         if not self.started:
             self.started = True
-            asyncio.get_running_loop().call_later(self.grace, self.expire)
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.grace, self.expire)
+            loop.call_later(self.grace + FALLBACK_S, self._cancel_the_rest)
 
     def expire(self) -> None:
         self.expired = True
+        for task in list(self._waiting):
+            self._waiting[task] = True
+            task.cancel()
+
+    async def interruptible(self, work: Awaitable[T]) -> T:
+        """Awaits ``work`` (the backend's); at the deadline it raises ``shutting_down()`` instead."""
+        if self.expired:
+            getattr(work, "close", lambda: None)()  # a coroutine never awaited
+            raise shutting_down()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting[task] = False
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self._waiting.get(task):
+                raise  # cancelled by someone else (the client left): not ours to turn into an error
+            if hasattr(task, "uncancel"):  # Python 3.11+: the cancellation is consumed here
+                task.uncancel()
+            raise shutting_down() from None
+        finally:
+            self._waiting.pop(task, None)
+
+    def _cancel_the_rest(self) -> None:
         for scope in list(self._scopes):
             scope.cancel()
+# --8<-- [end:drain]
+
+
+class DrainedEvents:
+    """A Run's events, passed through; at the deadline, the one being waited for is the error."""
+
+    def __init__(self, inner: Any, drain: Drain) -> None:
+        self.inner, self.drain = inner, drain
+
+    def __aiter__(self) -> "DrainedEvents":
+        return self
+
+    def __getattr__(self, name: str) -> Any:  # ``start`` (backends/base.py), where the inner events have it
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.drain.interruptible(self.inner.__anext__())
+        except errors.APIError:
+            await self.inner.aclose()  # stops the generation
+            raise
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Drained:
+    """Any backend, with every run (and embedding) ended by the drain's deadline; the rest passes through."""
+
+    def __init__(self, inner: Backend, drain: Drain) -> None:
+        self.inner, self.drain = inner, drain
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def require_ready(self) -> None:
+        self.inner.require_ready()
+
+    def models(self) -> list[ModelCard]:
+        return self.inner.models()
+
+    @property
+    def queue_depth(self) -> int:
+        return self.inner.queue_depth
+
+    def _drained(self, run: Run) -> Run:
+        run.events = DrainedEvents(run.events, self.drain)
+        return run
+
+    def chat(self, body: Any) -> Run:
+        return self._drained(self.inner.chat(body))
+
+    def complete(self, body: Any) -> list[Run]:
+        return [self._drained(run) for run in self.inner.complete(body)]
+
+    async def embed(self, body: Any) -> Embedded:
+        return await self.drain.interruptible(self.inner.embed(body))
 
 
 class DrainMiddleware:
-    """ASGI middleware: runs each request where the drain can end it, and ends it properly."""
+    """ASGI middleware: what is still in flight just after the deadline (and not on the backend:
+    a body still arriving) is cancelled; a request not yet answered gets the 503."""
 
     def __init__(self, app: Any, drain: Drain) -> None:
         self.app, self.drain = app, drain
@@ -81,13 +164,11 @@ class DrainMiddleware:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        state = {"started": False, "ended": False, "stream": False}
+        state = {"started": False, "ended": False}
 
         async def tracked(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 state["started"] = True
-                state["stream"] = any(k == b"content-type" and v.startswith(b"text/event-stream")
-                                      for k, v in message.get("headers", ()))
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 state["ended"] = True
             await send(message)
@@ -98,18 +179,14 @@ class DrainMiddleware:
                 await self.app(scope, receive, tracked)
             finally:
                 self.drain._scopes.discard(cancel)
-        if cancel.cancel_called and not state["ended"]:
-            await self._end(scope, receive, send, state)
-
-    async def _end(self, scope: dict[str, Any], receive: Any, send: Any, state: dict[str, bool]) -> None:
-        exc = shutting_down()
-        body = errors.render(scope["path"], exc.status, exc.message, exc.type, exc.param, exc.code)
+        if not cancel.cancel_called or state["ended"]:
+            return
         if not state["started"]:
+            exc = shutting_down()
+            body = errors.render(scope["path"], exc.status, exc.message, exc.type, exc.param, exc.code)
             await JSONResponse(body, status_code=exc.status, headers=exc.headers)(scope, receive, send)
-        else:  # a stream: an error event and the end of it; anything else was sent whole already
-            ending = _stream_ending(scope["path"])(body) if state["stream"] else b""
-            await send({"type": "http.response.body", "body": ending, "more_body": False})
-# --8<-- [end:drain]
+        else:  # a response cut short: end it (the protocol's error event is the backend's job, above)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 # --8<-- [start:server]

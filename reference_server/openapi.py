@@ -53,21 +53,37 @@ ids, the limits of this server, the rules between fields. What JSON Schema canno
 window in tokens, the model's vocabulary, whether a tool's JSON Schema can be enforced) is written on
 the field, and refused with a 400 that names it."""
 
-_STREAM_TYPES: dict[str, Any] = {}  # event types named by routes, resolved when the document is built
+_TYPES: dict[str, Any] = {}  # types named by routes, resolved when the document is built
 
 
 # --8<-- [start:responses]
-def responses(ok: Any = None, *, stream: Any = None, errors: Iterable[int] = ()) -> dict[int | str, Any]:
-    """A route decorator's ``responses=``: the 200 body (and stream event) types, and the error
-    statuses the route answers itself. ``document`` adds the shared ones and the error bodies."""
+def responses(ok: Any = None, *, stream: Any = None, done: bool = True, errors: Iterable[int] = (),
+              backend: bool = False) -> dict[int | str, Any]:
+    """A route decorator's ``responses=``: the 200 body's type, the event type of its stream (which
+    ends with ``data: [DONE]`` unless ``done`` is False), and the error statuses the route answers
+    itself; ``backend``: also those the configured backend answers (429, 503; a gateway's 502, 504).
+    A type is a TypedDict or a model; a string names a schema of schemas/ (``"response"``).
+    ``document`` adds the statuses routes share, and every error's body."""
     out: dict[int | str, Any] = {code: {"description": STATUS[code]} for code in errors}
     if ok is not None:
-        out[200] = {"model": ok, "description": STATUS[200]}
+        out[200] = {"description": STATUS[200]}
+        if isinstance(ok, str):
+            out[200]["content"] = {"application/json": {"x-schema": _named(ok)}}
+        else:
+            out[200]["model"] = ok
         if stream is not None:  # with "stream": true the same route answers Server-Sent Events
-            _STREAM_TYPES[stream.__name__] = stream
-            out[200]["content"] = {"text/event-stream": {"x-event-type": stream.__name__}}
+            out[200].setdefault("content", {})["text/event-stream"] = {"x-event-type": _named(stream), "x-done": done}
+        if backend:
+            out[200]["x-backend"] = True
     return out
 # --8<-- [end:responses]
+
+
+def _named(type_: Any) -> str:
+    """A name that survives FastAPI's copy of ``responses`` into the document (a type would not)."""
+    name = type_ if isinstance(type_, str) else type_.__name__
+    _TYPES[name] = type_
+    return name
 
 
 def install(app: FastAPI, settings: Settings, model_ids: Callable[[], list[str]]) -> None:
@@ -118,23 +134,26 @@ def _offline_docs(app: FastAPI) -> None:
 
 # --8<-- [start:document]
 def document(app: FastAPI, settings: Settings, model_ids: list[str]) -> dict[str, Any]:
+    from .limits import enforce_limits  # per-key limits; limits.py's router imports this module
     doc = get_openapi(title=app.title, version=app.version, openapi_version=app.openapi_version,
                       description=DESCRIPTION, routes=app.routes)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body
         components.pop(unused, None)
-    keyed = bool(settings.api_keys)
+    keyed = bool(settings.api_keys or settings.keys_file)
     for route in iter_route_contexts(app.routes):  # each route with its router's prefix and dependencies
         if not isinstance(route.original_route, APIRoute) or not route.include_in_schema:
             continue
         for method in route.methods:
             operation = doc["paths"][route.path_format][method.lower()]
-            _statuses(operation, method, keyed and _requires_key(route.dependant))
+            _statuses(operation, method, settings, keyed and _depends_on(route.dependant, require_api_key),
+                      bool(settings.keys_file) and method == "POST" and _depends_on(route.dependant, enforce_limits))
             _bodies(operation, route.path_format, components, settings)
             _served_models(operation, components, model_ids)
     request_limits.apply_to_schema(components, settings)
     _context_window(components, settings.n_ctx)
     _local_backend_rules(components)
+    _responses_api_rules(components)
     if keyed:
         doc["components"]["securitySchemes"] = {"apiKey": {
             "type": "http", "scheme": "bearer", "description": "One of the server's --api-key values."}}
@@ -142,14 +161,24 @@ def document(app: FastAPI, settings: Settings, model_ids: list[str]) -> dict[str
 # --8<-- [end:document]
 
 
-def _requires_key(dependant: Dependant) -> bool:  # mounted with Depends(require_api_key)
-    return any(d.call is require_api_key or _requires_key(d) for d in dependant.dependencies)
+def _depends_on(dependant: Dependant, call: Any) -> bool:  # mounted with Depends(call)
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
 
 
-def _statuses(operation: dict[str, Any], method: str, keyed: bool) -> None:
+def backend_statuses(settings: Settings) -> set[int]:
+    """What a backend answers besides 200: a full queue, a model not loaded; a gateway's upstreams
+    failing or slow (backends/upstream/)."""
+    return {429, 503} | ({502, 504} if settings.upstreams else set())
+
+
+def _statuses(operation: dict[str, Any], method: str, settings: Settings, keyed: bool, rate_limited: bool) -> None:
     found = operation["responses"]
     found.pop("422", None)
-    shared = []
+    shared: list[int] = []
+    if found.get("200", {}).pop("x-backend", False):
+        shared += sorted(backend_statuses(settings))
+    if rate_limited:  # per-key limits of the keys file (limits.py)
+        shared.append(429)
     if "requestBody" in operation:
         shared.append(400)
         if method in request_limits.LIMITED_METHODS:
@@ -170,10 +199,14 @@ def _bodies(operation: dict[str, Any], path: str, components: dict[str, Any], se
             if envelope is ErrorResponse:
                 response["content"]["application/json"]["example"] = _error_example(int(code), settings)
         for content in response.get("content", {}).values():
+            if "x-schema" in content:
+                content["schema"] = _ref(components, _TYPES[content.pop("x-schema")])
             name = content.pop("x-event-type", None)
             if name is not None:
-                content.update(_event_stream(_ref(components, _STREAM_TYPES[name]),
-                                             _ref(components, errors.envelope_type(path))))
+                done = content.pop("x-done", True)
+                error = errors.envelope_type(path)
+                content.update(_event_stream(_ref(components, _TYPES[name]),
+                                             _ref(components, error) if done and error else None, done))
 
 
 def _error_example(status: int, settings: Settings) -> dict[str, Any]:
@@ -188,27 +221,69 @@ def _error_example(status: int, settings: Settings) -> dict[str, Any]:
     return exc.body()
 
 
-def _event_stream(event: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+def _event_stream(event: dict[str, Any], error: dict[str, Any] | None, done: bool) -> dict[str, Any]:
     """Server-Sent Events: each ``data`` is an event's JSON, an error's JSON, or ``[DONE]`` last.
 
     ``itemSchema`` is how OpenAPI 3.2 (and FastAPI) describe one event of a stream; a ``schema``
-    beside it would describe the whole stream (as an array), so there is none.
+    beside it would describe the whole stream (as an array), so there is none. A protocol whose
+    errors are events of its own (the Responses API's ``error``) has them in ``event``.
     """
-    data = {"anyOf": [{"type": "string", "contentMediaType": "application/json",
-                       "contentSchema": {"anyOf": [event, error]}},
-                      {"const": "[DONE]"}]}
-    return {"itemSchema": {"type": "object", "required": ["data"], "properties": {"data": data},
+    json_data = {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"anyOf": [event, error]} if error else event}
+    if not done:
+        return {"itemSchema": {"type": "object", "required": ["data"], "properties": {"data": json_data},
+                               "description": "One event: its name on the `event:` line, its JSON on `data:`."}}
+    return {"itemSchema": {"type": "object", "required": ["data"],
+                           "properties": {"data": {"anyOf": [json_data, {"const": "[DONE]"}]}},
                            "description": "One event: `data: {chunk}`; `data: {\"error\": ...}` if generation "
                                           "fails once the stream has begun; `data: [DONE]` last."}}
 
 
 def _ref(components: dict[str, Any], type_: Any) -> dict[str, Any]:
     """A $ref to ``type_``'s schema, generated now (not per response) into ``components``."""
+    if isinstance(type_, str):
+        return _schema_file(components, type_)
     schema = TypeAdapter(type_).json_schema(ref_template=REF + "{model}", mode="serialization")
     for name, definition in schema.pop("$defs", {}).items():
         components.setdefault(name, definition)
     components.setdefault(type_.__name__, schema)
     return {"$ref": REF + type_.__name__}
+
+
+def _schema_file(components: dict[str, Any], name: str) -> dict[str, Any]:
+    """schemas/<name>.schema.json as a component, its $defs and the files it refers to beside it.
+
+    "#/$defs/x" in response.schema.json becomes the component Response_x, "common.schema.json#/$defs/y"
+    Common_y. Without the schemas package (a copy of the server alone), any object.
+    """
+    key = "".join(part.capitalize() for part in name.split("_"))
+    if key in components:
+        return {"$ref": REF + key}
+    try:
+        import schemas
+        schema = schemas.load(name)
+    except (ImportError, ValueError):
+        return {"type": "object"}
+    components[key] = {}  # claimed: a file that refers back to this one finds it
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: rewrite(v) for k, v in node.items() if k not in ("$schema", "$id", "examples", "$defs")}
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                target, _, pointer = ref.partition("#")
+                owner = key if not target else _schema_file(components, target.removesuffix(".schema.json"))["$ref"]
+                owner = owner.removeprefix(REF)
+                out["$ref"] = REF + (f"{owner}_{pointer.removeprefix('/$defs/')}" if pointer else owner)
+            return out
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    for def_name, definition in schema.get("$defs", {}).items():
+        components[f"{key}_{def_name}"] = rewrite(definition)
+    components[key] = rewrite(schema)
+    return {"$ref": REF + key}
 
 
 def _body_schema(operation: dict[str, Any], components: dict[str, Any]) -> dict[str, Any] | None:
@@ -306,6 +381,78 @@ def _local_backend_rules(c: dict[str, Any]) -> None:
                          "model's vocabulary.")
         _say(p["dimensions"], "The model's embedding size, or omitted.")
 # --8<-- [end:local_backend_rules]
+
+
+def _responses_api_rules(c: dict[str, Any]) -> None:
+    """What protocol_responses.py refuses with a reason of its own, in JSON Schema.
+
+    Its ``_Refused*`` models exist only to say why a type is not served: they leave the unions.
+    Fields of the spec that are not servable are admitted at their "off" values only.
+    """
+    for name in [n for n in c if n.startswith("_Refused")]:
+        for schema in c.values():
+            _drop_branch_everywhere(schema, name)
+        del c[name]
+    request = c.get("CreateResponse")
+    if request is None:
+        return
+    from .protocol_responses import LOGPROBS
+
+    p, null = request["properties"], {"type": "null"}
+    for name in ("prompt", "conversation", "context_management", "moderation", "prompt_cache_options"):
+        p[name] = {**null, "description": "Not supported by this server: any value is a 400."}
+    p["background"] = {"enum": [False, None]}
+    p["reasoning"] = {"anyOf": [{"type": "object", "additionalProperties": null}, null],
+                      "description": "The served model does not reason: only null values."}
+    p["truncation"] = {"enum": ["disabled", None]}
+    p["service_tier"] = {"enum": ["auto", "default", None]}
+    p["prompt_cache_retention"] = {"enum": ["in_memory", None]}
+    for branch in _branches(p["include"]):
+        if branch.get("type") == "array":
+            branch["items"] = {"const": LOGPROBS}
+    request.setdefault("allOf", []).extend([
+        {"anyOf": [{"properties": {"top_logprobs": null}},
+                   {"required": ["include"], "properties": {"include": {"type": "array", "contains": {"const": LOGPROBS}}}}]},
+        {"anyOf": [{"properties": {"stream_options": null}},
+                   {"required": ["stream"], "properties": {"stream": {"const": True}}}]}])
+    request["allOf"].append({"anyOf": [  # as in chat (tools.py): tool_choice needs tools
+        {"properties": {"tool_choice": {"enum": [None, "none"]}}},
+        {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}]})
+    _say(p["input"], "A 'function_call_output' answers a 'function_call' earlier in the conversation (its call_id).")
+    _say(p["previous_response_id"], "The id of a stored response.")
+    if "ResponseTextParam" in c:
+        c["ResponseTextParam"]["properties"]["verbosity"] = {"enum": ["medium", None]}
+    if "FunctionTool" in c:
+        tool = c["FunctionTool"]["properties"]
+        tool["defer_loading"] = {"enum": [False, None]}
+        for branch in _branches(tool["parameters"]):
+            if branch.get("type") == "object":  # as in chat (tools.py): a schema of type object
+                branch.update(required=["type"], properties={"type": {"const": "object"}})
+        for branch in _branches(tool["allowed_callers"]):
+            if branch.get("type") == "array":
+                branch["items"] = {"const": "direct"}
+    if "AllowedTool" in c:
+        c["AllowedTool"]["properties"]["type"] = {"const": "function"}
+    if "Message" in c and "InputTextContent" in c:  # only the assistant's own words are output_text or refusal
+        c["Message"].setdefault("allOf", []).append({"anyOf": [
+            {"properties": {"role": {"const": "assistant"}}},
+            {"properties": {"content": {"anyOf": [{"type": "string"},
+                                                  {"type": "array", "items": {"$ref": REF + "InputTextContent"}}]}}}]})
+
+
+def _drop_branch_everywhere(node: Any, name: str) -> None:
+    if isinstance(node, dict):
+        for key in ("oneOf", "anyOf"):
+            if isinstance(node.get(key), list):
+                node[key] = [b for b in node[key] if not (isinstance(b, dict) and b.get("$ref") == REF + name)]
+        mapping = node.get("discriminator", {}).get("mapping", {}) if isinstance(node.get("discriminator"), dict) else {}
+        for tag in [t for t, ref in mapping.items() if ref == REF + name]:
+            del mapping[tag]
+        for value in node.values():
+            _drop_branch_everywhere(value, name)
+    elif isinstance(node, list):
+        for value in node:
+            _drop_branch_everywhere(value, name)
 
 
 def _non_empty(schema: dict[str, Any], *, strings: bool) -> None:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import hypothesis
+import hypothesis.errors
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
 from jsonschema import Draft202012Validator
@@ -36,7 +37,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance, response_schema_conformance,
                                                status_code_conformance)
 
-GENERATION = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings"}
+GENERATION = {"POST /v1/chat/completions", "POST /v1/completions", "POST /v1/embeddings", "POST /v1/responses"}
 
 # The server's rules that JSON Schema cannot state (they depend on the model, or compare values
 # across the request): the document says them in words on the field, and the server refuses with a
@@ -49,9 +50,15 @@ UNDECLARABLE: dict[str, Callable[[dict[str, Any]], bool]] = {
     "tool definitions (unique names, enforceable schemas)": lambda e: bool(re.search(
         r"Duplicate function name|not a valid JSON Schema", e["message"])) or e.get("code") == "unsupported_schema",
     "tool_choice names a tool": lambda e: "no function named" in e["message"],
-    "tool results answer earlier calls": lambda e: "must be a response to a preceding message" in e["message"],
+    "tool results answer earlier calls": lambda e: bool(re.search(r"must be a response to a preceding message|"
+                                                                  r"No tool call found for function call output",
+                                                                  e["message"])),
     "logprobs with tools": lambda e: "'logprobs' is not supported together with 'tools'" in e["message"],
     "chat template": lambda e: "chat template rejected" in e["message"],
+    # Data, not shape: ids of stored responses (/v1/responses), keys of the keys file (/v1/usage).
+    "stored responses (ids that exist)": lambda e: e.get("code") == "response_not_found" or "No input item with id"
+                                                   in e["message"],
+    "usage (a key of the keys file)": lambda e: "Usage is kept only for the keys" in e["message"],
 }
 
 
@@ -62,6 +69,7 @@ class Tally:
     valid: Counter = field(default_factory=Counter)      # operation -> valid requests sent
     rules: Counter = field(default_factory=Counter)      # rule -> valid requests refused by it
     valid_negatives: int = 0   # "invalid" requests that the document in fact admits (generator's doing)
+    nothing_invalid: list[str] = field(default_factory=list)  # operations no request can be invalid for
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # "operation mode" -> seconds
@@ -110,12 +118,15 @@ def _get(url: str) -> str:
 
 
 def fuzz(root: str, examples: dict[GenerationMode, int], *, seed: int | None = None,
-         on_response: Callable[[str], None] | None = None) -> Tally:
-    """``examples[mode]`` requests per operation (fewer where the schema admits fewer)."""
+         on_response: Callable[[str], None] | None = None, only: str = "") -> Tally:
+    """``examples[mode]`` requests per operation (fewer where the schema admits fewer); ``only``:
+    the operations whose label ("POST /v1/chat/completions") contains it."""
     schema, doc = load(root)
     tally, start = Tally(), time.monotonic()
     for result in schema.get_all_operations():
         operation = result.ok()
+        if only not in operation.label:
+            continue
         for mode, count in examples.items():
             if mode.is_negative and not (operation.body or operation.path_parameters):
                 continue  # nothing to make invalid (GET /health)
@@ -143,12 +154,16 @@ def _run(operation: Any, mode: GenerationMode, count: int, doc: dict[str, Any], 
         if on_response:
             on_response(label)
         for problem in judge(case, response, mode, doc, tally):
-            tally.failures.append(f"{label} {mode.value} -> {response.status_code}: {problem}\n  body sent: "
-                                  f"{json.dumps(case.body)[:500] if case.body is not None else case.formatted_path}")
+            sent = json.dumps(case.body, default=str)[:500] if isinstance(case.body, (dict, list)) else ""
+            tally.failures.append(f"{label} {mode.value} -> {response.status_code}: {problem}\n  sent: "
+                                  f"{case.formatted_path} {case.query or ''} {sent}")
 
     if seed is not None:
         each = hypothesis.seed(seed)(each)
-    each()
+    try:
+        each()
+    except hypothesis.errors.Unsatisfiable:  # the document admits every value of every parameter here
+        tally.nothing_invalid.append(f"{label} {mode.value}")
 
 
 def judge(case: Any, response: Any, mode: GenerationMode, doc: dict[str, Any], tally: Tally) -> list[str]:
@@ -171,15 +186,17 @@ def judge(case: Any, response: Any, mode: GenerationMode, doc: dict[str, Any], t
         else:
             error = (body or {}).get("error") if isinstance(body, dict) else None
             rule = next((name for name, test in UNDECLARABLE.items() if error and test(error)), None)
-            if status == 400 and rule:
+            if status in (400, 404) and rule:
                 tally.rules[rule] += 1
             else:
                 problems.append(f"declared but rejected: {response.text[:300]}")
     elif status < 400:
-        if case.body is not None and _valid(doc, case):
+        why = _why_invalid(doc, case) if isinstance(case.body, (dict, list)) else "a parameter"
+        if why is None:
             tally.valid_negatives += 1
         else:
-            problems.append(f"accepted but undeclared: the document refuses this request, the server answered {status}")
+            problems.append(f"accepted but undeclared: the document refuses this request ({why}), the server "
+                            f"answered {status}")
     return problems
 
 
@@ -195,22 +212,32 @@ def _request_schema(doc: dict[str, Any], case: Any) -> dict[str, Any]:
     return op["requestBody"]["content"]["application/json"]["schema"]
 
 
-def _valid(doc: dict[str, Any], case: Any) -> bool:
-    return Draft202012Validator({**_request_schema(doc, case), "components": doc["components"]}).is_valid(case.body)
+def _why_invalid(doc: dict[str, Any], case: Any) -> str | None:
+    """Where the body breaks the declared schema, or None if it does not."""
+    from jsonschema.exceptions import best_match
+
+    validator = Draft202012Validator({**_request_schema(doc, case), "components": doc["components"]})
+    error = best_match(validator.iter_errors(case.body))
+    return None if error is None else f"{error.json_path}: {error.message[:200]}"
 
 
 def _stream_problems(text: str, case: Any, doc: dict[str, Any]) -> list[str]:
+    """Every event's data valid against the declared event schema; ``[DONE]`` last where declared."""
     op = doc["paths"][case.operation.path][case.operation.method.lower()]
-    item = op["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]
-    data_schema = item["properties"]["data"]
-    event = next(b["contentSchema"] for b in data_schema["anyOf"] if "contentSchema" in b)
+    data_schema = op["responses"]["200"]["content"]["text/event-stream"]["itemSchema"]["properties"]["data"]
+    branches = data_schema.get("anyOf", [data_schema])
+    event = next(b["contentSchema"] for b in branches if "contentSchema" in b)
+    done = any(b.get("const") == "[DONE]" for b in branches)
     validator = Draft202012Validator({**event, "components": doc["components"]})
-    problems, frames = [], [f for f in text.split("\n\n") if f.strip()]
-    for frame in frames:
-        if not frame.startswith("data: "):
-            problems.append(f"not a data event: {frame[:100]!r}")
+    problems, datas = [], []
+    for frame in (f for f in re.split(r"\r?\n\r?\n", text) if f.strip()):
+        lines = frame.splitlines()
+        strange = [line for line in lines if not line.startswith(("data:", "event:", "id:", "retry:", ":"))]
+        data = "\n".join(line[len("data:"):].removeprefix(" ") for line in lines if line.startswith("data:"))
+        if strange or not data:
+            problems.append(f"not an SSE event with data: {frame[:100]!r}")
             continue
-        data = frame[len("data: "):]
+        datas.append(data)
         if data == "[DONE]":
             continue
         try:
@@ -220,6 +247,8 @@ def _stream_problems(text: str, case: Any, doc: dict[str, Any]) -> list[str]:
             continue
         for error in validator.iter_errors(value):
             problems.append(f"event outside the declared schema: {error.message[:200]}")
-    if not frames or frames[-1] != "data: [DONE]":
+    if done and (not datas or datas[-1] != "[DONE]"):
         problems.append("the stream does not end with data: [DONE]")
+    if "[DONE]" in datas[:-1] or (not done and "[DONE]" in datas):
+        problems.append("data: [DONE] where the document does not have it")
     return problems

@@ -33,7 +33,7 @@ from schema_cases import CASES, SERVED
 KEY = "sk-openapi"
 UNKNOWN_MODEL = "no-such-model"
 PATHS = {"chat_completion_request": "/v1/chat/completions", "completion_request": "/v1/completions",
-         "embedding_request": "/v1/embeddings"}
+         "embedding_request": "/v1/embeddings", "response_request": "/v1/responses"}
 
 
 # ---- the document --------------------------------------------------------------------------------
@@ -149,17 +149,22 @@ def example_body(doc: dict[str, Any], op: dict[str, Any]) -> Any:
 
 
 def call(root: str, path: str, method: str, op: dict[str, Any], doc: dict[str, Any], *, model: str = MODEL,
-         body: Any = None, raw: bytes | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+         body: Any = None, raw: bytes | None = None, query: dict[str, str] | None = None,
+         created: dict[str, str] | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    """``op`` with its documented example; ``created``: the ids of objects made earlier (by path), for
+    the path parameters of the routes below them (GET /v1/responses/{response_id})."""
     for parameter in op.get("parameters", []):
         if parameter["in"] == "path":
-            path = path.replace("{" + parameter["name"] + "}", model if parameter["name"] == "model_id" else "x")
+            ids = [v for k, v in sorted((created or {}).items(), key=lambda kv: -len(kv[0])) if path.startswith(k + "/")]
+            value = model if parameter["name"] == "model_id" else ids[0] if ids else "x"
+            path = path.replace("{" + parameter["name"] + "}", value)
     if body is None and raw is None:
         body = example_body(doc, op)
         if isinstance(body, dict) and "model" in body:
             body = {**body, "model": model}
     kwargs: dict[str, Any] = {"content": raw} if raw is not None else {"json": body} if body is not None else {}
     return httpx.request(method.upper(), root + path, headers={"content-type": "application/json", **(headers or {})},
-                         timeout=120, **kwargs)
+                         params=query, timeout=120, **kwargs)
 
 
 def serve(settings: Settings, backend: Any) -> Iterator[str]:
@@ -191,30 +196,48 @@ class NeverLoads(LocalBackend):
 
 
 @pytest.fixture(scope="module")
-def provoked(doc: dict[str, Any], running: RunningServer, settings: Settings,
-             engine: LocalBackend) -> tuple[dict[str, set[int]], dict[str, Any]]:
+def provoked(doc: dict[str, Any], running: RunningServer, settings: Settings, engine: LocalBackend,
+             tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, set[int]], dict[str, Any]]:
     """Each operation's statuses, provoked on real servers; and the document of the one with keys."""
     seen: dict[str, set[int]] = {f"{m} {p}": set() for p, m, _ in operations(doc)}
+    # Deletions last, so that what the other routes read still exists.
+    ordered = sorted(operations(doc), key=lambda o: o[1] == "delete")
 
     def each(root: str, **kwargs: Any) -> Iterator[tuple[str, str, dict[str, Any], httpx.Response]]:
-        for path, method, op in operations(doc):
-            r = call(root, path, method, op, doc, **kwargs)
+        created: dict[str, str] = {}
+        for path, method, op in ordered:
+            r = call(root, path, method, op, doc, created=created, **kwargs)
             seen[f"{method} {path}"].add(r.status_code)
+            if method == "post" and r.status_code == 200 and isinstance(r.json(), dict) and "id" in r.json():
+                created[path] = r.json()["id"]
             yield path, method, op, r
 
     with short_generations(engine):
         list(each(running.root))                                   # the documented example: 200
-        list(each(running.root, model=UNKNOWN_MODEL))              # 404 where a model is named
-        for path, method, op in operations(doc):
+        list(each(running.root, model=UNKNOWN_MODEL))              # 404 where a model (or an object) is named
+        created: dict[str, str] = {}
+        for path, method, op in ordered:
+            key = f"{method} {path}"
             if "requestBody" in op:
                 for bad in ({}, []):                               # 400
-                    seen[f"{method} {path}"].add(call(running.root, path, method, op, doc, body=bad).status_code)
+                    seen[key].add(call(running.root, path, method, op, doc, body=bad).status_code)
             oversized = b'{"x": "' + b"x" * settings.max_body_bytes + b'"}'
-            seen[f"{method} {path}"].add(call(running.root, path, method, op, doc, raw=oversized).status_code)
+            seen[key].add(call(running.root, path, method, op, doc, raw=oversized).status_code)
+            r = call(running.root, path, method, op, doc, created=created)
+            if method == "post" and r.status_code == 200 and "id" in r.json():
+                created[path] = r.json()["id"]
+            query = {p["name"]: "not-valid" for p in op.get("parameters", []) if p["in"] == "query"}
+            if query:                                              # 400 for query values out of their schema
+                seen[key].add(call(running.root, path, method, op, doc, query=query, created=created).status_code)
         # 401: the same server with a key required
         for root in serve(settings.model_copy(update={"api_keys": [KEY]}), engine):
             list(each(root))
             keyed_doc = httpx.get(root + "/openapi.json", timeout=30).json()
+        # 200 for /v1/usage, and a key's own limits (429): a keys file, one request per minute
+        keys = tmp_path_factory.mktemp("keys") / "keys.toml"
+        keys.write_text(f'[[keys]]\nname = "fuzz"\nkey = "{KEY}"\nrequests_per_minute = 1\n')
+        for root in serve(settings.model_copy(update={"keys_file": keys}), engine):
+            list(each(root, headers={"authorization": f"Bearer {KEY}"}))
         # 503: the real backend before its model has loaded
         for root in serve(settings, NeverLoads(settings)):
             list(each(root))
@@ -222,9 +245,12 @@ def provoked(doc: dict[str, Any], running: RunningServer, settings: Settings,
     busy = LocalBackend(settings.model_copy(update={"max_queue": 0, "n_ctx": 512}))
     busy.load()
     for root in serve(busy.settings, busy):
+        while busy.queue_depth:  # the app's start-up job (backend.start) still holds the worker
+            time.sleep(0.01)
         long = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 400,
                 "stream": True, "logit_bias": {str(t): -100 for t in EOG_TOKENS}}
         with httpx.stream("POST", root + "/v1/chat/completions", json=long, timeout=120) as running_stream:
+            assert running_stream.status_code == 200
             next(running_stream.iter_lines())
             list(each(root))
     asyncio.run(busy.close())
@@ -264,6 +290,9 @@ def test_declared_request_schema_gives_the_servers_verdict(case: tuple[str, str,
     _, name, instance, accepted = case
     op = doc["paths"][PATHS[name]]["post"]
     with short_generations(engine):
+        if isinstance(instance, dict) and instance.get("previous_response_id"):  # data, not shape: make it exist
+            stored = httpx.post(running.root + "/v1/responses", json={"model": MODEL, "input": "Hi"}, timeout=120)
+            instance = {**instance, "previous_response_id": stored.json()["id"]}
         r = httpx.post(running.root + PATHS[name], json=instance, timeout=120)
     assert (r.status_code == 200) == accepted, r.text[:300]
     assert r.status_code in (200, 400, 404), r.text[:300]

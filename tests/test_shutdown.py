@@ -51,6 +51,20 @@ def stream(root: str, max_tokens: int, out: dict[str, Any], started: threading.E
     out["events"], out["ended"] = events, time.monotonic()
 
 
+def responses_stream(root: str, out: dict[str, Any]) -> None:
+    """The Responses API ends a failed stream its own way: an ``error`` event, then ``response.failed``."""
+    body = {"model": MODEL, "input": "Hi", "max_output_tokens": 200, "stream": True}
+    events: list[tuple[str, dict]] = []
+    with httpx.stream("POST", root + "/v1/responses", json=body, timeout=120) as r:
+        out["status"], name = r.status_code, ""
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line[len("data: "):])))
+    out["events"] = events
+
+
 def plain(root: str, out: dict[str, Any]) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 200, "logit_bias": NO_EOG}
     r = httpx.post(root + "/v1/chat/completions", json=body, timeout=120)
@@ -60,12 +74,13 @@ def plain(root: str, out: dict[str, Any]) -> None:
 def test_sigterm_lets_streams_finish_within_the_grace_then_ends_the_rest_and_exits_0() -> None:
     proc, root = start("--shutdown-grace", str(GRACE))
     try:
-        short, long, queued = {}, {}, {}
+        short, long, queued, other = {}, {}, {}, {}
         short_started, long_started = threading.Event(), threading.Event()
         clients = [threading.Thread(target=stream, args=(root, 12, short, short_started)),
                    threading.Thread(target=stream, args=(root, 1900, long, long_started)),
-                   threading.Thread(target=plain, args=(root, queued))]
-        for client in clients:  # in this order through the serial queue: short, long, then the plain one
+                   threading.Thread(target=plain, args=(root, queued)),
+                   threading.Thread(target=responses_stream, args=(root, other))]
+        for client in clients:  # in this order through the serial queue: short, long, then the waiting ones
             client.start()
             time.sleep(0.3)
         assert long_started.wait(120), "the long stream never started generating"
@@ -100,5 +115,8 @@ def test_sigterm_lets_streams_finish_within_the_grace_then_ends_the_rest_and_exi
     assert sum('"content":"' in e for e in long["events"]) > 1
     # The request that waited behind it got a 503 in the envelope, at the same moment.
     assert queued["status"] == 503 and queued["body"]["error"]["code"] == "server_shutting_down"
+    # A Responses stream that was waiting: its protocol's error event, then response.failed.
+    assert other["status"] == 200 and [name for name, _ in other["events"]][-2:] == ["error", "response.failed"]
+    assert other["events"][-2][1]["code"] == "server_shutting_down"
     assert exited - signalled <= GRACE + 8
     assert "Traceback" not in proc.stderr.read()

@@ -148,4 +148,26 @@ class HealthResponse(TypedDict):
     queue_depth: int
 
 
+class UsageWindow(TypedDict):
+    seconds: float
+    requests: int
+    tokens: int
+
+
+class KeyUsageResponse(TypedDict):
+    """GET /v1/usage (limits.py): what the request's key of the keys file has used."""
+
+    object: Literal["usage"]
+    key_name: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    token_budget: int | None
+    budget_remaining: int | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    window: UsageWindow
+
+
 JSON = dict[str, Any]

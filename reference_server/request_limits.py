@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from . import errors
 from .protocol import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
+from .protocol_responses import CreateResponse
 from .settings import Settings
 
 # Methods whose body a route reads; the others' bodies are never read, so they cost nothing.
@@ -102,6 +103,8 @@ LIMITS = [
     Limit(CreateCompletionRequest, "n", "max_n", "value"),
     Limit(CreateCompletionRequest, "prompt", "max_inputs", "inputs"),
     Limit(CreateEmbeddingRequest, "input", "max_inputs", "inputs"),
+    Limit(CreateResponse, "input", "max_messages", "inputs"),  # the Responses API: items are its messages
+    Limit(CreateResponse, "tools", "max_tools", "items"),
 ]
 
 

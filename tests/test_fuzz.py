@@ -19,8 +19,8 @@ from reference_server import Settings
 from reference_server.backends.local import LocalBackend
 
 # Small limits keep generated requests cheap; the document declares them, so valid requests stay valid.
-LIMITS = {"max_n": 2, "max_messages": 3, "max_inputs": 4, "max_tools": 1}
-EXAMPLES = {GenerationMode.POSITIVE: 20, GenerationMode.NEGATIVE: 15}
+LIMITS = {"max_n": 2, "max_messages": 2, "max_inputs": 4, "max_tools": 1}
+EXAMPLES = {GenerationMode.POSITIVE: 15, GenerationMode.NEGATIVE: 12}
 
 
 @pytest.fixture(scope="module")

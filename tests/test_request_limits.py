@@ -14,7 +14,7 @@ import pytest
 from conftest import MODEL
 from reference_server import Settings, cli
 
-CHAT, COMPLETIONS, EMBEDDINGS = "/v1/chat/completions", "/v1/completions", "/v1/embeddings"
+CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"
 HI = [{"role": "user", "content": "Hi"}]
 
 
@@ -81,7 +81,11 @@ def test_a_body_under_the_limit_is_parsed_and_judged(http: httpx.Client, setting
     (COMPLETIONS, {"prompt": ["Hi"] * 2049}, "prompt", "array_above_max_length"),
     (EMBEDDINGS, {"input": ["Hi"] * 2049}, "input", "array_above_max_length"),
     (EMBEDDINGS, {"input": [[504]] * 2049}, "input", "array_above_max_length"),
-], ids=["messages", "chat n", "tools", "completions n", "prompts", "inputs", "token inputs"])
+    (RESPONSES, {"input": [{"role": "user", "content": "Hi"}] * 1025}, "input", "array_above_max_length"),
+    (RESPONSES, {"input": "Hi", "tools": [{"type": "function", "name": f"f{i}"} for i in range(129)]}, "tools",
+     "array_above_max_length"),
+], ids=["messages", "chat n", "tools", "completions n", "prompts", "inputs", "token inputs", "response items",
+        "response tools"])
 def test_each_limit_is_a_400_naming_the_parameter(http: httpx.Client, path: str, body: dict, param: str,
                                                   code: str) -> None:
     error = envelope(http.post(path, json={"model": MODEL, **body}), 400, param=param, code=code)

@@ -18,7 +18,7 @@ from ..errors import APIError
 from ..protocol_responses import CreateResponse, check_call_outputs, input_items, responses_param, to_chat
 from ..serving import responses
 from ..store import ResponseStore, Stored
-from .deps import BackendDep, require_model, started, unless_disconnected
+from .deps import BackendDep, check_limits, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["responses"])
 
@@ -45,6 +45,7 @@ def not_found(response_id: str, param: str | None = None) -> APIError:
 @router.post("/responses", response_model=None, responses=openapi.responses(
     "response", stream="response_stream_event", done=False, errors=(404,), backend=True))
 async def create_response(body: CreateResponse, request: Request, backend: BackendDep, store: StoreDep):
+    check_limits(request, body)
     require_model(backend, body.model)
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:

@@ -6,13 +6,17 @@ server never sends, no error body, no response schema for routes that return pla
 ``document`` starts from FastAPI's and corrects it, once, when it is first asked for:
 
 - Statuses. Each route declares those it answers itself (``responses(...)`` in its decorator:
-  404, 429, 503); those a kind of route shares are added here: 400 and 413 where a body is
-  read, 401 where an API key is required. No 422. Every error has its protocol's envelope.
-- 200s: the TypedDicts of serving/types.py; for a stream, the schema of each event.
+  404, and whether it asks the backend); those a kind of route shares are added here, as the
+  settings make them: 400 and 413 where a body is read, 401 where a key is required, 429 and
+  503 from the backend (a gateway's 502 and 504), a key's own 429. No 422. Every error has its
+  protocol's envelope.
+- 200s: the TypedDicts of serving/types.py, or JSON Schemas of schemas/; for a stream, the
+  schema of each event.
 - Requests: ``model`` is one of the served ids (known from the settings before the model loads),
-  the limits (request_limits.py) and the context window bound lists and counts, and the local backend's
-  refusals that JSON Schema can say are said (``_local_backend_rules``). What it cannot say (the
-  vocabulary, the context window in tokens, tool definitions) is written on the field.
+  the limits (request_limits.py) and the context window bound lists and counts, and the
+  refusals that JSON Schema can say are said (``_local_backend_rules``, ``_responses_api_rules``).
+  What it cannot say (the vocabulary, the context window in tokens, tool definitions) is
+  written on the field.
 
 tests/test_openapi.py checks the result against the server, and tests/test_fuzz.py fuzzes it.
 """
@@ -39,10 +43,13 @@ STATUS = {
     200: "OK.",
     400: "Invalid request: the error's `param` names the field at fault.",
     401: "Missing or wrong API key.",
-    404: "No such model: `model` must be one of the served ids.",
+    404: "Not found: an unknown model (`model` must be one of the served ids), or an object that does not exist.",
     413: "Request body larger than the server accepts (setting max_body_bytes).",
-    429: "The queue for the model is full (setting max_queue); retry after Retry-After seconds.",
+    429: "Too many requests: the queue for the model is full (setting max_queue), or a key's limits are reached; "
+         "retry after Retry-After seconds.",
+    502: "A gateway: no upstream could answer.",
     503: "The model is loading or failed to load, or the server is shutting down; retry after Retry-After.",
+    504: "A gateway: no upstream sent a first token in time.",
 }
 
 DESCRIPTION = """An OpenAI-compatible API served by a local llama.cpp model.
@@ -217,7 +224,11 @@ def _error_example(status: int, settings: Settings) -> dict[str, Any]:
            404: errors.model_not_found("gpt-4o"),
            413: errors.request_too_large(settings.max_body_bytes, 2 * settings.max_body_bytes),
            429: errors.queue_full(settings.max_queue),
-           503: errors.model_loading()}[status]
+           502: errors.APIError(502, "No upstream could answer (upstream 1: connection refused).",
+                                type="server_error", code="upstream_error"),
+           503: errors.model_loading(),
+           504: errors.APIError(504, "No upstream sent a first token in time (upstream 1: no token in 120 s).",
+                                type="server_error", code="upstream_timeout")}[status]
     return exc.body()
 
 

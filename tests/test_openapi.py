@@ -270,6 +270,22 @@ def test_declared_statuses_are_the_statuses_the_server_answers(
         assert ("security" in op) == (401 in declared)
 
 
+def test_a_gateway_declares_what_its_upstreams_make_it_answer() -> None:
+    """502 and 504 (no upstream could answer, or none in time: tests/test_gateway.py provokes both)
+    are declared where the backend is asked, and only on a gateway."""
+    from reference_server.backends.scripted import ScriptedBackend
+
+    def statuses(settings: Settings) -> dict[str, set[int]]:
+        doc = create_app(settings, backend=ScriptedBackend([], model=MODEL)).openapi()
+        return {f"{m} {p}": {int(s) for s in op["responses"]} for p, ops in doc["paths"].items() for m, op in ops.items()}
+
+    local, gateway = statuses(Settings()), statuses(Settings(upstreams=["http://127.0.0.1:9/v1"]))
+    asked = {op for op, codes in local.items() if {429, 503} <= codes and op != "get /health"}
+    assert asked == {"post /v1/chat/completions", "post /v1/completions", "post /v1/embeddings", "post /v1/responses"}
+    for op, codes in gateway.items():
+        assert codes == (local[op] | {502, 504} if op in asked else local[op]), op
+
+
 def test_the_provocations_cover_every_status(provoked: tuple[dict[str, set[int]], dict[str, Any]]) -> None:
     """The recipe above can fail: each status appears somewhere, 422 and 5xx nowhere."""
     every = set().union(*provoked[0].values())

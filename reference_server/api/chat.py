@@ -17,7 +17,7 @@ router = APIRouter(tags=["chat"])
 
 # --8<-- [start:create_chat_completion]
 @router.post("/chat/completions", response_model=None, responses=responses(
-    CreateChatCompletionResponse, stream=CreateChatCompletionStreamResponse, errors=(404, 429, 503)))
+    CreateChatCompletionResponse, stream=CreateChatCompletionStreamResponse, errors=(404,), backend=True))
 async def create_chat_completion(body: CreateChatCompletionRequest, request: Request, backend: BackendDep):
     check_limits(request, body)
     require_model(backend, body.model)

@@ -16,7 +16,7 @@ router = APIRouter(tags=["completions"])
 
 
 @router.post("/completions", response_model=None, responses=responses(
-    CreateCompletionResponse, stream=CreateCompletionResponse, errors=(404, 429, 503)))
+    CreateCompletionResponse, stream=CreateCompletionResponse, errors=(404,), backend=True))
 async def create_completion(body: CreateCompletionRequest, request: Request, backend: BackendDep):
     check_limits(request, body)
     require_model(backend, body.model)

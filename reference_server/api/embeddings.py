@@ -15,7 +15,7 @@ router = APIRouter(tags=["embeddings"])
 
 # --8<-- [start:create_embedding]
 @router.post("/embeddings", response_model=None,
-             responses=responses(CreateEmbeddingResponse, errors=(404, 429, 503)))
+             responses=responses(CreateEmbeddingResponse, errors=(404,), backend=True))
 async def create_embedding(body: CreateEmbeddingRequest, request: Request, backend: BackendDep) -> CreateEmbeddingResponse:
     check_limits(request, body)
     require_model(backend, body.model)

@@ -48,6 +48,7 @@ from machine import LoadMeter, machine_info, machine_lines  # noqa: E402
 from reference_server.settings import Settings  # noqa: E402
 
 MODEL = "SmolLM2-135M-Instruct"
+KINDS = ("good", "bursts", "malformed", "oversized", "slow", "disconnecting")
 HI = [{"role": "user", "content": "Say hello in five words."}]
 NO_EOG = {"0": -100, "2": -100, "4": -100}
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -253,7 +254,8 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "reference_server", "--host", "127.0.0.1", "--port", "0", "--n-ctx", str(args.n_ctx),
          "--threads", str(args.threads), "--max-queue", str(args.max_queue), "--max-body-bytes", str(args.max_body_bytes),
          "--shutdown-grace", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **dict(e.split("=", 1) for e in args.server_env)})
     out, deadline = "", time.monotonic() + 180
     while "print(reply" not in out and time.monotonic() < deadline and proc.poll() is None:
         out += proc.stdout.readline()
@@ -298,8 +300,10 @@ async def run(args: argparse.Namespace) -> int:
 
         meter = LoadMeter([os.getpid(), proc.pid, server])
         with meter.measure() as window:
-            await asyncio.gather(soak.good(client), soak.good(client), soak.bursts(client), soak.malformed(client),
-                                 soak.oversized(client), soak.slow(client), soak.disconnecting(client), sample_rss())
+            clients = {"good": [soak.good(client), soak.good(client)], "bursts": [soak.bursts(client)],
+                       "malformed": [soak.malformed(client)], "oversized": [soak.oversized(client)],
+                       "slow": [soak.slow(client)], "disconnecting": [soak.disconnecting(client)]}
+            await asyncio.gather(*(c for kind, cs in clients.items() if kind not in args.skip for c in cs), sample_rss())
         elapsed = time.monotonic() - began
         # The load has stopped: the queue must drain to 0.
         depth, drained_after = None, None
@@ -319,7 +323,9 @@ async def run(args: argparse.Namespace) -> int:
                     if outcome == "transport error")
     good, burst = soak.latency["good"], soak.latency["burst"]
     lines = [f"### Soak: {soak.sent} requests in {elapsed / 60:.1f} minutes", "",
-             f"Run {started} with `.venv/bin/python benchmarks/soak.py --minutes {args.minutes:g}`: the real command "
+             f"Run {started} with `.venv/bin/python benchmarks/soak.py --minutes {args.minutes:g}"
+             + "".join(f" --skip {k}" for k in args.skip) + "".join(f" --server-env {e}" for e in args.server_env)
+             + "`: the real command "
              f"(`python -m reference_server --n-ctx {args.n_ctx} --threads {args.threads} --max-queue "
              f"{args.max_queue} --max-body-bytes {args.max_body_bytes}`) on 127.0.0.1. Other processes took "
              f"{'?' if window.other is None else f'{window.other:.0%}'} of the machine's CPU meanwhile "
@@ -364,6 +370,9 @@ def main() -> int:
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024)
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip", action="append", default=[], choices=KINDS, help="leave out a kind of client")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an environment variable for the server (MALLOC_MMAP_THRESHOLD_=131072, say)")
     p.add_argument("--out", type=Path, help="write the report here too")
     return asyncio.run(run(p.parse_args()))
 

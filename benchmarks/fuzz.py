@@ -68,7 +68,7 @@ def report(tally: Tally, args: argparse.Namespace, settings: Settings, other: fl
              f"- 5xx responses: **{tally.server_errors}**",
              f"- failures (a response outside the document, a valid request refused by a declared rule, an invalid "
              f"request accepted, a broken stream): **{len(tally.failures)}**",
-             f"- valid requests to the three generation endpoints that reached the model: "
+             f"- valid requests to the generation endpoints (chat, completions, embeddings, responses) that reached the model: "
              f"**{tally.share_reached():.0%}** ({sum(tally.reached[o] for o in ops if o.startswith('POST'))} of "
              f"{sum(tally.valid[o] for o in ops if o.startswith('POST'))})",
              f"- requests generated as invalid that the document in fact admits (the generator's doing, not "
@@ -78,7 +78,7 @@ def report(tally: Tally, args: argparse.Namespace, settings: Settings, other: fl
     for (op, mode, status), n in sorted(tally.statuses.items()):
         lines.append(f"| {op} | {mode} | {status} | {n} |")
     lines += ["", "#### Valid requests refused by a rule JSON Schema cannot state", "",
-              "The document states these rules in words on the field; the server answers 400 naming it.", "",
+              "The document states these rules in words on the field; the server answers 400 naming it (404 for an id that does not exist).", "",
               "| rule | requests |", "| --- | ---: |"]
     lines += [f"| {rule} | {tally.rules[rule]} |" for rule in UNDECLARABLE]
     lines += ["", "#### Seconds per operation and mode", "", "| operation and mode | seconds |", "| --- | ---: |"]

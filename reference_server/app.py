@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import errors
-from .api import chat, completions, embeddings, health, models
+from .api import anthropic, chat, completions, embeddings, health, llamacpp, models, ollama
 from .api.auth import require_api_key
 from .backends.base import Backend
 from .settings import Settings
@@ -60,6 +60,9 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     for router in (models.router, chat.router, completions.router, embeddings.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
+    app.include_router(ollama.router, prefix="/api", dependencies=v1)
+    app.include_router(anthropic.router, prefix="/v1", dependencies=v1)
+    app.include_router(llamacpp.router, dependencies=v1)
     # --8<-- [end:mount_routers]
     return app
 # --8<-- [end:create_app]

@@ -50,8 +50,13 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | JSONR
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        result["value"] = await work
+        try:
+            result["value"] = await work
+        except Exception as exc:  # raised outside the group, which would wrap it (an APIError must stay one)
+            result["error"] = exc
         tg.cancel_scope.cancel()
+    if "error" in result:
+        raise result["error"]
     if "value" in result:
         return result["value"]
     # 499 "client closed request" (nginx's convention); nobody is there to read it.

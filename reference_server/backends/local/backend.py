@@ -26,7 +26,7 @@ from ... import errors
 from ...protocol import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
 from ...sampling import SamplingParams
 from ...settings import Settings
-from ..base import ChoiceDone, Embedded, Event, Generation, ModelCard, Run
+from ..base import ChoiceDone, Embedded, Event, Generation, ModelCard, ModelInfo, Run
 from . import native, prompts, tools
 from .serial import SerialRunner, Worker
 
@@ -171,14 +171,43 @@ class LocalBackend:
                                      bos_token="", eos_token="")
     # --8<-- [end:render_chat]
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
+    def tokenize(self, text: str, *, special: bool = True, add_special: bool = True) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
 
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self._llm.n_vocab()
+
+    # --8<-- [start:introspection]
+    # Read-only views of the model for protocols that show it (backends/base.py, "introspection").
+    def token_bytes(self, token: int) -> bytes:
+        return self._llm.detokenize([token], special=True)
+
+    def count_chat_tokens(self, body: CreateChatCompletionRequest) -> int:
+        self.require_ready()
+        return len(prompts.chat_prompt(self, body, tools.plan(self, body).instructions))
+
+    def info(self) -> ModelInfo:
+        import ctypes
+
+        import llama_cpp
+
+        self.require_ready()
+        path, model = Path(self.settings.model_path), self._llm.model
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(model, desc, len(desc))
+        return ModelInfo(
+            id=self.model_id, path=str(path), size=path.stat().st_size if path.exists() else 0,
+            description=desc.value.decode("utf-8", errors="replace"), n_ctx=self.n_ctx,
+            n_ctx_train=llama_cpp.llama_model_n_ctx_train(model), n_params=llama_cpp.llama_model_n_params(model),
+            n_embd=self._llm.n_embd(), n_vocab=self._llm.n_vocab(),
+            chat_template=self._llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE,
+            bos_token=self.token_bytes(self._llm.token_bos()).decode("utf-8", errors="replace"),
+            eos_token=self.token_bytes(self._llm.token_eos()).decode("utf-8", errors="replace"),
+            metadata=dict(self._llm.metadata))
+    # --8<-- [end:introspection]
 
     # --8<-- [start:grammar]
     @staticmethod

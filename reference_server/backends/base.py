@@ -172,6 +172,7 @@ class ModelInfo:
     bos_token: str
     eos_token: str
     metadata: dict[str, str] = field(default_factory=dict)  # the GGUF key-values, as llama.cpp reads them
+    engine: str = ""     # what runs it, such as "llama-cpp-python 0.3.36"
 # --8<-- [end:model_info]
 
 

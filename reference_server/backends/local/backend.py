@@ -206,7 +206,7 @@ class LocalBackend:
             chat_template=self._llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE,
             bos_token=self.token_bytes(self._llm.token_bos()).decode("utf-8", errors="replace"),
             eos_token=self.token_bytes(self._llm.token_eos()).decode("utf-8", errors="replace"),
-            metadata=dict(self._llm.metadata))
+            metadata=dict(self._llm.metadata), engine=f"llama-cpp-python {llama_cpp.__version__}")
     # --8<-- [end:introspection]
 
     # --8<-- [start:grammar]

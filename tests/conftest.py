@@ -41,11 +41,30 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # ---- the contract hook -----------------------------------------------------------------------
 
+# --8<-- [start:schema_for]
+OLLAMA = {"/api/tags": "ollama_model_list", "/api/ps": "ollama_process_list", "/api/show": "ollama_show",
+          "/api/version": "ollama_version", "/api/chat": "ollama_chat_response",
+          "/api/generate": "ollama_generate_response", "/api/embed": "ollama_embed_response",
+          "/api/embeddings": "ollama_embeddings_response"}
+LLAMACPP = {"/tokenize": "llamacpp_tokenize", "/detokenize": "llamacpp_detokenize", "/props": "llamacpp_props"}
+
+
+def error_schema(path: str) -> str:
+    """Each protocol's errors have its own envelope (errors.register_envelope)."""
+    if path.startswith("/api/"):
+        return "ollama_error"
+    if path.startswith("/v1/messages"):
+        return "anthropic_error"
+    if path in LLAMACPP:
+        return "llamacpp_error"
+    return "error"
+
+
 def schema_for(method: str, path: str, status: int, stream: bool) -> str | None:
     if status == 499:  # the client had hung up; nobody reads this response
         return None
     if status >= 400:
-        return "error"
+        return error_schema(path)
     if path == "/v1/models":
         return "model_list"
     if path.startswith("/v1/models/"):
@@ -56,7 +75,24 @@ def schema_for(method: str, path: str, status: int, stream: bool) -> str | None:
         return "completion_chunk" if stream and "completion_chunk" in schemas.names() else "completion_response"
     if path == "/v1/embeddings":
         return "embedding_response"
-    return None
+    if path == "/v1/messages":
+        return "anthropic_stream_event" if stream else "anthropic_message"
+    if path == "/v1/messages/count_tokens":
+        return "anthropic_count_tokens"
+    return OLLAMA.get(path) or LLAMACPP.get(path)
+# --8<-- [end:schema_for]
+
+
+def stream_items(body: str, content_type: str) -> list[Any]:
+    """The JSON items of a streamed body: SSE ``data:`` lines (named events or not), or NDJSON lines."""
+    if content_type.startswith("application/x-ndjson"):
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+    items = []
+    for frame in body.split("\n\n"):
+        data = [line[len("data: "):] for line in frame.split("\n") if line.startswith("data: ")]
+        if data and data[0] != "[DONE]":
+            items.append(json.loads(data[0]))
+    return items
 
 
 @dataclass
@@ -76,7 +112,8 @@ class ContractCheck:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 headers = dict(message.get("headers", []))
-                state["stream"] = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+                state["type"] = headers.get(b"content-type", b"").decode()
+                state["stream"] = state["type"].startswith(("text/event-stream", "application/x-ndjson"))
             elif message["type"] == "http.response.body":
                 state["body"] += message.get("body", b"")
                 if not message.get("more_body"):
@@ -95,18 +132,15 @@ class ContractCheck:
         self.responses += 1
         where = f"{scope['method']} {scope['path']} -> {state['status']}"
         if state["stream"]:
-            for frame in state["body"].decode().split("\n\n"):
-                if not frame.startswith("data: ") or frame == "data: [DONE]":
-                    continue
-                item = json.loads(frame[len("data: "):])
-                self._validate(item, "error" if "error" in item else name, where)
+            for item in stream_items(state["body"].decode(), state["type"]):
+                self._validate(item, error_schema(scope["path"]) if "error" in item else name, where)
         else:
             self._validate(json.loads(state["body"]), name, where)
 
     def _validate(self, item: Any, name: str, where: str) -> None:
         for problem in schemas.validate(item, name):
             self.violations.append(f"{where} [{name}] {problem}")
-        if name not in SPEC_LOOSER and not _base64_embeddings(item):
+        if name in openai_spec.COMPONENTS and name not in SPEC_LOOSER and not _base64_embeddings(item):
             # ... and against OpenAI's own component, so our schemas cannot drift looser than the spec
             error = best_match(openai_spec.validators()[name].iter_errors(item))
             if error is not None:

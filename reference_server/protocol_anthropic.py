@@ -154,6 +154,7 @@ class CountTokensRequest(_Body):
 
     @model_validator(mode="after")
     def _blocks_in_their_place(self) -> "CountTokensRequest":
+        called: set[str] = set()
         for i, message in enumerate(self.messages):
             kinds = {block.type for block in message.blocks()}
             misplaced = kinds & ({"tool_result"} if message.role == "assistant" else {"tool_use"})
@@ -161,6 +162,12 @@ class CountTokensRequest(_Body):
                 raise errors.invalid_request(f"messages[{i}]: '{misplaced.pop()}' blocks belong in "
                                              f"{'user' if message.role == 'assistant' else 'assistant'} messages.",
                                              param=f"messages[{i}].content")
+            called.update(b.id for b in message.blocks() if isinstance(b, ToolUseBlock))
+            for b in message.blocks():
+                if isinstance(b, ToolResultBlock) and b.tool_use_id not in called:
+                    raise errors.invalid_request(
+                        f"messages[{i}]: a tool_result for {b.tool_use_id!r}, but no earlier assistant message "
+                        "has a tool_use block with that id.", param=f"messages[{i}].content")
         if self.messages[-1].role == "assistant":
             raise errors.invalid_request("The last message must be the user's: continuing a final assistant "
                                          "message (prefill) is not supported by this server.", param="messages")

@@ -35,6 +35,7 @@ CHAPTERS = {
     "05-errors": "05_errors",
     "06-embeddings": "06_embeddings",
     "07-tools": "07_tools",
+    "10-providers": "10_providers",
 }
 NOTEBOOK_DIRS = ("labs", "solutions")
 

@@ -588,7 +588,7 @@ def threads(settings: Settings) -> None:
     save("threads_under_load.json", {"cores": os.cpu_count(), "tokens": 100, "runs": runs})
 
 
-EXAMPLES = ("hello", "finish_reason", "stream", "stream_raw", "errors_client", "embeddings", "tools")
+EXAMPLES = ("hello", "finish_reason", "stream", "stream_raw", "errors_client", "embeddings", "tools", "providers")
 
 
 def outputs(srv: Server) -> None:

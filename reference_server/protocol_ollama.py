@@ -14,7 +14,7 @@ that name the tool instead of the call, and ``format`` instead of ``response_for
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -37,7 +37,7 @@ class Options(_Body):
     top_p: float | None = Field(None, ge=0, le=1)
     min_p: float | None = Field(None, ge=0, le=1)
     seed: int | None = None
-    stop: Union[str, list[str], None] = Field(None, max_length=4)  # the engine takes at most 4
+    stop: Union[str, Annotated[list[str], Field(max_length=4)], None] = None  # the engine takes at most 4
     repeat_penalty: float | None = Field(None, gt=0)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)

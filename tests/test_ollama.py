@@ -24,6 +24,7 @@ from reference_server import Settings, create_app
 from reference_server.backends.base import ChoiceDone, Run, TextDelta, Timings, ToolCallDelta
 from reference_server.backends.scripted import ScriptedBackend, ScriptedEvents
 from reference_server.errors import APIError
+from reference_server.protocol_ollama import ChatRequest, Options
 from reference_server.serving import ollama as serving
 
 HI = [{"role": "user", "content": "Say hi"}]
@@ -225,6 +226,15 @@ def test_bad_chat_requests_are_400_in_ollamas_envelope(http, body, words):
 def test_bad_generate_requests_are_400(http, body, words):
     r = http.post("/api/generate", json={"model": MODEL, **body})
     assert r.status_code == 400 and words in r.json()["error"]
+
+
+def test_options_translate_to_openai_fields():
+    assert Options(num_predict=-1, stop="hello world", top_k=5, num_ctx=8192, mirostat=2).sampling() == {
+        "stop": "hello world", "top_k": 5}  # no limit; num_ctx and unknown options have no effect
+    request = ChatRequest(model=MODEL, messages=HI, format="json", options={"num_predict": 7, "seed": 1},
+                          logprobs=True, top_logprobs=3).to_openai(MODEL)
+    assert (request.max_tokens, request.seed, request.response_format.type, request.top_logprobs) == (7, 1, "json_object", 3)
+    assert request.stream is None  # the router streams NDJSON itself; the engine is not asked to
 
 
 def test_unknown_route_is_404_in_ollamas_envelope(http):

@@ -41,7 +41,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # ---- the contract hook -----------------------------------------------------------------------
 
-# --8<-- [start:schema_for]
 OLLAMA = {"/api/tags": "ollama_model_list", "/api/ps": "ollama_process_list", "/api/show": "ollama_show",
           "/api/version": "ollama_version", "/api/chat": "ollama_chat_response",
           "/api/generate": "ollama_generate_response", "/api/embed": "ollama_embed_response",
@@ -80,7 +79,6 @@ def schema_for(method: str, path: str, status: int, stream: bool) -> str | None:
     if path == "/v1/messages/count_tokens":
         return "anthropic_count_tokens"
     return OLLAMA.get(path) or LLAMACPP.get(path)
-# --8<-- [end:schema_for]
 
 
 def stream_items(body: str, content_type: str) -> list[Any]:

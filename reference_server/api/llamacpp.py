@@ -97,16 +97,16 @@ async def detokenize(body: DetokenizeRequest, backend: BackendDep) -> dict[str, 
 # --8<-- [start:props]
 @router.get("/props")
 async def props(backend: BackendDep) -> dict[str, Any]:
-    """The server's settings, for the fields this server has; the defaults are the engine's own."""
+    """llama-server's fields that have a meaning here; the sampling defaults are the engine's own."""
     backend.require_ready()
     info = backend.info()
     defaults = dataclasses.asdict(SamplingParams(max_tokens=-1))
-    params = {"n_predict": -1, "seed": 4294967295, **{k: defaults[k] for k in (
+    params = {"seed": 4294967295, **{k: defaults[k] for k in (  # llama.cpp's "random seed"
         "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")},
-              "stop": [], "max_tokens": -1, "n_probs": 0, "grammar": "", "stream": False}
+              "max_tokens": -1, "n_predict": -1, "stream": False, "n_probs": 0}
     return {"default_generation_settings": {"params": params, "n_ctx": info.n_ctx},
-            "total_slots": 1, "model_alias": info.id, "model_path": info.path,
-            "modalities": {"vision": False, "video": False, "audio": False},
+            "total_slots": 1, "model_alias": info.id, "model_ftype": info.description.rsplit(" ", 1)[-1],
+            "model_path": info.path, "modalities": {"vision": False, "video": False, "audio": False},
             "endpoint_slots": False, "endpoint_props": False, "endpoint_metrics": False,
             "chat_template": info.chat_template, "bos_token": info.bos_token, "eos_token": info.eos_token,
             "build_info": info.engine, "is_sleeping": False}

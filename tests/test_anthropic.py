@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import anthropic
 import jsonschema
@@ -149,6 +150,21 @@ def test_count_tokens_counts_tools_too(client):
     bare = client.messages.count_tokens(model=MODEL, messages=HI).input_tokens
     with_tools = client.messages.count_tokens(model=MODEL, messages=HI, tools=[WEATHER]).input_tokens
     assert 0 < bare < with_tools
+
+
+def test_same_count_and_event_order_as_llama_servers_own_layer(http):
+    """llama-server has an Anthropic layer too; tests/fixtures/llamacpp/captured.json holds its answers."""
+    captured = json.loads((Path(__file__).parent / "fixtures" / "llamacpp" / "captured.json").read_text("utf-8"))
+    [count] = [x for x in captured["exchanges"] if x["path"] == "/v1/messages/count_tokens"]
+    assert http.post(count["path"], json=count["request"]).json() == count["response"]  # same template, same tokens
+    [stream] = [x for x in captured["exchanges"] if x["path"] == "/v1/messages"]
+    ours = [(name, data) for name, data in events(http.post(stream["path"], json=stream["request"]).text)
+            if name != "ping"]
+
+    def shape(got):  # the event names, a run of deltas counted once
+        return [name for i, (name, _) in enumerate(got) if i == 0 or name != got[i - 1][0]]
+    assert shape(ours) == shape(stream["response"])
+    assert ours[0][1]["message"]["usage"]["input_tokens"] == stream["response"][0][1]["message"]["usage"]["input_tokens"]
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from . import errors
 from .protocol import (ChatCompletionTool, CreateChatCompletionRequest, CreateCompletionRequest,
@@ -105,9 +105,13 @@ class ToolCall(_Body):
     function: ToolCallFunction
 
 
+def _text(value: Any) -> Any:
+    return "" if value is None else value  # Go decodes a JSON null into an empty string
+
+
 class Message(_Body):
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = ""
+    content: Annotated[str, BeforeValidator(_text)] = ""
     images: list[str] | None = None
     thinking: str | None = None  # a thinking model's earlier reasoning: not shown to this one
     tool_calls: list[ToolCall] | None = None

@@ -235,6 +235,11 @@ def test_options_translate_to_openai_fields():
                           logprobs=True, top_logprobs=3).to_openai(MODEL)
     assert (request.max_tokens, request.seed, request.response_format.type, request.top_logprobs) == (7, 1, "json_object", 3)
     assert request.stream is None  # the router streams NDJSON itself; the engine is not asked to
+    history = ChatRequest(model=MODEL, messages=[  # content null, as Go clients may send it; a call without an id
+        {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]},
+        {"role": "tool", "content": "done", "tool_name": "f"}]).to_openai(MODEL).messages
+    assert (history[0].content, history[0].tool_calls[0].function.arguments) == (None, '{"a": 1}')
+    assert history[1].tool_call_id == history[0].tool_calls[0].id
 
 
 def test_unknown_route_is_404_in_ollamas_envelope(http):

@@ -90,11 +90,22 @@ def _shown(path: Path) -> str:
 
 
 def _fresh(module: str) -> Any:
+    """A module of your package (the ``%%export`` cells keep ``sys.modules`` in step with the files)."""
     import importlib
 
-    export.forget_package()
     importlib.invalidate_caches()
     return importlib.import_module(f"{export.PACKAGE}.{module}")
+
+
+def engine(**settings: Any) -> Any:
+    """Your package's engine, loaded: llama.cpp, or the upstream in remote mode (``Settings`` decides)."""
+    from .model import quiet_stderr
+
+    config = _fresh("settings").Settings(**settings)
+    made = _fresh("remote").RemoteEngine(config) if config.upstream_url else _fresh("engine").Engine(config)
+    with quiet_stderr():  # llama.cpp writes its loading notes to C's stderr, which Jupyter shows
+        made.load()
+    return made
 
 
 # ---- your app, in-process -------------------------------------------------------------------------

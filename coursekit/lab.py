@@ -281,3 +281,11 @@ def reference_client(settings: Any) -> Any:
         while running.get("/health").status_code == 503:
             time.sleep(0.05)
         yield OpenAI(base_url="http://testserver/v1", api_key="not-needed", http_client=running)
+
+
+def openai_client(http: Any, api_key: str = "not-needed") -> Any:
+    """The official client on an in-process app: ``TestClient`` is an ``httpx.Client``, so it can be
+    the client's transport (lab 1 does the same)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url="http://testserver/v1", api_key=api_key, http_client=http, max_retries=0)

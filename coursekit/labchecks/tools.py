@@ -13,7 +13,8 @@ CALLS = Section("07-tools", "A forced call, request and response")
 LOOP = Section("07-tools", "The round trip")
 GRAMMARS = Section("07-tools", "Grammars: constraining sampling")
 STRUCTURED = Section("07-tools", "Structured outputs: `response_format`")
-SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED)
+EXAM = Section("labs", "The final exam")
+SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED, EXAM)
 
 
 
@@ -55,8 +56,8 @@ def tool_message(tool_call_message: Callable[[str, str], Any]) -> str:
 
 
 @check("A forced tool call", section=GRAMMARS,
-       hint="when tool_choice names a tool: generate under grammar_for(tool.function.parameters), then return "
-            "chat_response(tool_call_message(name, text), 'tool_calls', usage)")
+       hint="when a tool is forced: generate under json_schema=tool.function.parameters, collect the answer, "
+            "then put tool_call_message(name, text) in its message and 'tool_calls' in its finish_reason")
 def forced_call(http: Any, tool: dict[str, Any]) -> str:
     import jsonschema
 
@@ -147,8 +148,8 @@ COUNTRY_SCHEMA = {
 
 
 @check("Structured output", section=STRUCTURED,
-       hint="when response_format is json_schema: generate under grammar_for(fmt.json_schema.schema_) and "
-            "return the JSON text as the message content")
+       hint="response_schema(body): body.response_format.json_schema.schema_ for json_schema, {'type': "
+            "'object'} for json_object, None otherwise; the route generates under it")
 def structured(client: Any) -> str:
     import jsonschema
 
@@ -170,3 +171,41 @@ def structured(client: Any) -> str:
     except jsonschema.ValidationError as exc:
         raise Mismatch(f"the JSON breaks the schema: {exc.message}") from None
     return f"Structured output: {text.strip()} is valid against the schema"
+
+
+_EXAM: dict[str, Any] = {}
+
+
+@check("The final exam", section=EXAM,
+       hint="read each failing row's reason: it names the request and what came back; the lab and the "
+            "chapter section for that feature tell you where to fix it")
+def final_exam(server: Any) -> str:
+    """``coursekit conform`` on the learner's server: every required row must pass."""
+    _EXAM.clear()
+    if not getattr(server, "ready", False):
+        raise Mismatch("your server is not running: see what the cell that started it printed")
+    try:
+        from ..conform import run
+    except ImportError:
+        raise Mismatch("this checkout has no conformance checker (coursekit.conform): update the course "
+                       "(git pull) and reinstall it (make setup)") from None
+    report = run(server.base_url, api_key=getattr(server, "api_key", None), model=MODEL_ID, timeout=120)
+    _EXAM.update(statuses=report.statuses(), ok=report.ok)
+    print(report.table())
+    failing = [row for row in report.rows if row.required and row.status != "pass"]
+    if failing:
+        raise Mismatch(f"{len(failing)} required row{'s' if len(failing) > 1 else ''} of {_required(report)} "
+                       "fail", details=[f"{row.id}: {row.reason}" for row in failing])
+    optional = [row for row in report.rows if not row.required]
+    offered = sum(1 for row in optional if row.status == "pass")
+    return (f"The final exam: all {_required(report)} required rows pass, and {offered} of {len(optional)} "
+            "optional features")
+
+
+def _required(report: Any) -> int:
+    return sum(1 for row in report.rows if row.required)
+
+
+def exam_summary() -> dict[str, Any]:
+    """The exam's rows (row id -> status), for the checkpoint; empty if it did not run."""
+    return dict(_EXAM.get("statuses") or {})

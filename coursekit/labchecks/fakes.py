@@ -52,7 +52,8 @@ class FakeEngine:
     def count_tokens(self, prompt: Any) -> int:
         return 5
 
-    def generate(self, prompt: Any, max_tokens: int, temperature: float, json_schema: Any = None) -> Iterator[Any]:
+    def generate(self, prompt: Any, max_tokens: int, temperature: float = 1.0, json_schema: Any = None,
+                 stop: Any = (), seed: int | None = None) -> Iterator[Any]:
         done = package_module("engine").Done
         self.started += 1
         count = 0

@@ -183,7 +183,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("upstream") / "server.log"
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "reference_server", "--port", "0", "--threads", "1", "--n-ctx", "2048",
+            [sys.executable, "-m", "reference_server", "--port", "0", "--threads", "1", "--n-ctx", "1024",
              "--api-key", UPSTREAM_KEY], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 120

@@ -1,4 +1,4 @@
-"""``coursekit``: generate the labs, read checkpoint logs.
+"""``coursekit``: generate the labs, read checkpoint logs, check a server's conformance.
 
     coursekit labs [generate]             regenerate labs/ from solutions/
     coursekit labs --check                exit 1 if labs/ differs from what would be generated
@@ -8,6 +8,8 @@
     coursekit machine                     this machine's record fields, as JSON
     coursekit export NOTEBOOK...          write notebooks' %%export cells into myserver/, without running them
     coursekit export --solutions NN       ... the solutions of labs 01 to NN (to continue from them)
+    coursekit conform --base-url URL      check an OpenAI-compatible server, a row per feature
+    coursekit exam --base-url URL         the same: the course's final exam
 """
 
 from __future__ import annotations
@@ -136,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--to", metavar="FOLDER", help="the folder that holds myserver/ "
                                                   "(default: $COURSE_PACKAGE_DIR, else the repository root)")
     ex.set_defaults(run=_export)
+    from . import conform as conform_module
+    conform = sub.add_parser("conform", aliases=["exam"], help="check a server against OpenAI's API, feature by "
+                             "feature (exit 0 if every required feature passes)",
+                             description=conform_module.__doc__.split("\n")[0].replace("``", ""))
+    conform_module.add_arguments(conform)
+    conform.set_defaults(run=conform_module.main)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -102,10 +102,23 @@ def engine(**settings: Any) -> Any:
     from .model import quiet_stderr
 
     config = _fresh("settings").Settings(**settings)
+    _preflight(config)
     made = _fresh("remote").RemoteEngine(config) if config.upstream_url else _fresh("engine").Engine(config)
     with quiet_stderr():  # llama.cpp writes its loading notes to C's stderr, which Jupyter shows
         made.load()
     return made
+
+
+def _preflight(config: Any) -> None:
+    """Local mode: the model is loaded in this kernel, so a native crash would kill it without a
+    word; the check runs first in a child process (once per llama.cpp build and model file)."""
+    if config.upstream_url:
+        return
+    from .model import embedded_model_path, preflight
+
+    path = config.model_path or embedded_model_path()
+    if path is not None and Path(path).exists():
+        preflight(path)
 
 
 # ---- your app, in-process -------------------------------------------------------------------------
@@ -125,8 +138,10 @@ def testclient(engine: Any = None, **settings: Any) -> Any:
     from .model import quiet_stderr
 
     close_testclients()
-    settings_module = _fresh("settings")
-    app = _fresh("app").create_app(settings_module.Settings(**settings), engine=engine)
+    config = _fresh("settings").Settings(**settings)
+    if engine is None:
+        _preflight(config)
+    app = _fresh("app").create_app(config, engine=engine)
     client = TestClient(app, raise_server_exceptions=False)
     with quiet_stderr():  # llama.cpp's loading notes go to C's stderr, which Jupyter shows
         client.__enter__()

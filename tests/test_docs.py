@@ -7,6 +7,7 @@ input (``test_checks_catch_breakage``), not only to pass on the real site.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -317,7 +318,6 @@ def test_every_request_field_is_documented():
     page = (COURSE / "reference" / "endpoints.md").read_text(encoding="utf-8")
     models = (protocol.CreateChatCompletionRequest, protocol.CreateCompletionRequest, protocol.CreateEmbeddingRequest)
     fields = {(f.alias or name) for m in models for name, f in m.model_fields.items()}
-    fields |= set(protocol.IGNORED_FIELDS)
     missing = sorted(f for f in fields if f"`{f}`" not in page)
     assert not missing, f"request fields missing from course/reference/endpoints.md: {missing}"
 
@@ -328,6 +328,48 @@ def test_every_error_code_is_documented():
              for c in re.findall(r'code="([a-z_]+)"', p.read_text(encoding="utf-8"))}
     missing = sorted(c for c in codes if f"`{c}`" not in page)
     assert codes and not missing, f"error codes missing from course/reference/errors.md: {missing}"
+
+
+# ---- the figures ------------------------------------------------------------------------------
+
+FIGURES = COURSE / "figures"
+FIGURE_LINK = re.compile(r"\]\((?:\.\./)*figures/([\w-]+)\.svg\)")
+
+
+def figures_module() -> Any:
+    """``course/figures/draw.py``, imported from its path (``course/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("course_figures_draw", FIGURES / "draw.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unshown_figures(course: Path) -> list[str]:
+    """SVG files in ``course/figures`` that no page shows."""
+    shown = {name for page in course.rglob("*.md") for name in FIGURE_LINK.findall(page.read_text(encoding="utf-8"))}
+    return sorted(p.name for p in (course / "figures").glob("*.svg") if p.stem not in shown)
+
+
+def test_figures_match_their_sources():
+    """Every committed figure is exactly what its source draws from today's code and data."""
+    problems = figures_module().stale()
+    assert not problems, ("figures out of date (redraw: python course/figures/draw.py, then commit):\n"
+                          + "\n".join(problems))
+
+
+def test_every_figure_is_shown():
+    assert not unshown_figures(COURSE), f"figures no page shows: {unshown_figures(COURSE)}"
+
+
+def test_benchmark_plot_follows_the_included_report():
+    """The plot is drawn from the very report the benchmarks page includes."""
+    draw = figures_module()
+    report = draw.benchmark_report().relative_to(ROOT).as_posix()
+    assert f'--8<-- "{report}"' in (COURSE / "benchmarks.md").read_text(encoding="utf-8")
+    heading, series = draw.concurrency_levels(draw.benchmark_report().read_text(encoding="utf-8"))
+    assert "reference server" in " ".join(series), f"no reference-server rows in {report}: {sorted(series)}"
+    assert all(len(rows) >= 2 for rows in series.values()), f"a contender with one level only: {series}"
 
 
 # ---- the examples run ------------------------------------------------------------------------
@@ -375,6 +417,25 @@ def test_checks_catch_breakage(tmp_path):
     assert external_asset_problems('<script src="https://cdn.example/x.js"></script>')
     assert external_asset_problems('<link rel="stylesheet" href="//fonts.example/css">')
     assert not external_asset_problems('<script src="assets/x.js"></script><a href="https://x.org">x</a>')
+
+    draw = figures_module()
+    (tmp_path / "figs").mkdir()
+    name = "worker-queue"
+    assert draw.stale(tmp_path / "figs", [name]) == [f"{name}.svg is missing"]
+    (tmp_path / "figs" / f"{name}.svg").write_bytes(draw.render(name).replace(b"</svg>", b"<!-- edited --></svg>"))
+    assert draw.stale(tmp_path / "figs", [name]) == [f"{name}.svg differs from what course/figures/draw.py draws"]
+    (tmp_path / "figs" / f"{name}.svg").write_bytes(draw.render(name))
+    (tmp_path / "figs" / "orphan.svg").write_text("<svg/>")
+    assert draw.stale(tmp_path / "figs", [name]) == ["orphan.svg is drawn by nothing in course/figures/draw.py"]
+    assert draw.render(name) == draw.render(name), "the same source must give the same bytes"
+    (course / "figures").mkdir()
+    (course / "figures" / "a.svg").write_text("<svg/>")
+    (course / "figures" / "b.svg").write_text("<svg/>")
+    (course / "index.md").write_text("![x](figures/a.svg)")
+    assert unshown_figures(course) == ["b.svg"]
+    report = "| contender | clients | aggregate tok/s |\n|---|---:|---:|\n| ref | 1 | 10.0 (9.0–11.0) |\n| ref | 2 | 12.5 |\n"
+    assert draw.concurrency_levels("#### Concurrent clients (64 tokens per request)\n\n" + report)[1] == {
+        "ref": [(1, 10.0, 9.0, 11.0), (2, 12.5, 12.5, 12.5)]}
 
     assert sections_named_in('S = Section("04-streaming", "The wire format")') == [("04-streaming", "The wire format")]
     assert slugify("Overload: 429 and Retry-After") == "overload-429-and-retry-after"

@@ -1,11 +1,11 @@
 """schemas/: valid JSON Schemas, examples that pass, pitfalls refused by name, and proof that our
 verdicts are OpenAI's, except for a short list of deliberate differences, each with its reason.
 
-OpenAI's official spec enters through ``schema_cases/openai_spec_subset.json``: the components of
+OpenAI's official spec enters through ``schemas/openai_spec_subset.json``: the components of
 openapi.yaml that our schemas correspond to, and everything they reference, copied unmodified (the
-full file is 3 MB of YAML and not part of this repository). ``python tests/test_schemas.py
-openapi.yaml`` regenerates it; a test checks that it still matches the full spec when the
-full spec is at hand.
+full file is 3 MB of YAML and not part of this repository; the subset ships with the package, for
+``coursekit conform``). ``python tests/test_schemas.py openapi.yaml`` regenerates it; a test
+checks that it still matches the full spec when the full spec is at hand.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 import schemas
-from openai_spec import SUBSET, extract_subset, nullable_as_json_schema, spec_validators
 from schema_cases import CASES, Bad
 from schemas import __main__ as cli
-from schemas import validation
+from schemas import openai_spec, validation
+from schemas.openai_spec import SUBSET, extract_subset, nullable_as_json_schema, spec_validators
 
 HERE = Path(__file__).parent
 FULL_SPEC = Path(os.environ.get("OPENAI_OPENAPI_SPEC", "/work/shared/spec/openai-openapi.yaml"))
@@ -210,10 +210,12 @@ def test_validators_are_built_once() -> None:
     assert validation.registry() is validation.registry()
 
 
-def test_package_docstring_example_runs() -> None:
+@pytest.mark.parametrize("module", [schemas, openai_spec], ids=lambda m: m.__name__)
+def test_package_docstring_example_runs(module: Any) -> None:
     import doctest
 
-    assert doctest.testmod(schemas).failed == 0 and doctest.testmod(schemas).attempted > 0
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 0
 
 
 def test_load_returns_a_copy() -> None:
@@ -318,6 +320,5 @@ if __name__ == "__main__":  # python tests/test_schemas.py PATH/TO/openapi.yaml
 
     raw = Path(sys.argv[1]).read_bytes()
     spec = yaml.load(raw, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    SUBSET.parent.mkdir(exist_ok=True)
     SUBSET.write_text(json.dumps(extract_subset(spec, raw), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {SUBSET}")

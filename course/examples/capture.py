@@ -32,7 +32,7 @@ import openai
 import uvicorn
 
 from reference_server import Settings, create_app
-from reference_server.engine import Engine
+from reference_server.backends.local import LocalBackend as Engine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -55,7 +55,7 @@ class Server:
     """One uvicorn server in a thread, on a free port of 127.0.0.1."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None, wait: bool = True) -> None:
-        self.app = create_app(settings, engine=engine)
+        self.app = create_app(settings, backend=engine)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so TCP_NODELAY
         sock.bind(("127.0.0.1", 0))
         self.root = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -200,7 +200,7 @@ def errors(srv: Server, settings: Settings, engine: Engine) -> None:
     secured.stop()
 
     # 503: an app whose lifespan has not run has an engine still "loading".
-    loading = create_app(settings, engine=Engine(settings))
+    loading = create_app(settings, backend=Engine(settings))
 
     async def probe() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=loading), base_url="http://x") as c:
@@ -330,10 +330,26 @@ def embeddings(srv: Server) -> None:
     client = openai.OpenAI(base_url=srv.base_url, api_key="not-needed", max_retries=0)
     vectors = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=sentences).data])
     sims = vectors @ vectors.T
+    # Lab 6's corpus: 24 documents in 8 topics. Same-topic pairs against different-topic pairs
+    # shows how much of a cosine is meaning and how much is the direction all vectors share.
+    corpus = [json.loads(line) for line in (ROOT / "labs" / "data" / "corpus.jsonl").read_text().splitlines()]
+    docs = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=[c["text"] for c in corpus]).data])
+    pairs = docs @ docs.T
+    same, different = [], []
+    for i in range(len(corpus)):
+        for j in range(i + 1, len(corpus)):
+            (same if corpus[i]["topic"] == corpus[j]["topic"] else different).append(float(pairs[i, j]))
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"pairs": len(values), "min": round(min(values), 3), "median": round(float(np.median(values)), 3),
+                "max": round(max(values), 3)}
+
     save("embeddings_similarity.json", {
         "dimensions": dims, "norms": [round(float(n), 6) for n in np.linalg.norm(vectors, axis=1)],
         "sentences": sentences,
-        "cosine": [[round(float(x), 3) for x in row] for row in sims]})
+        "cosine": [[round(float(x), 3) for x in row] for row in sims],
+        "lab6_corpus": {"documents": len(corpus), "topics": len({c["topic"] for c in corpus}),
+                        "same_topic": spread(same), "different_topic": spread(different)}})
 
 
 # ---- measurements: this machine -------------------------------------------------------------
@@ -433,12 +449,12 @@ def tools(srv: Server) -> None:
                    "called_when_not_needed": f"{sum(d['called'] for d in others)}/{len(others)}"}
         save("tools_auto_summary.json", summary)
         save("tools_auto_decisions.json", {"summary": summary, "requests": decided})
-    from reference_server import tools as tools_module
-    from reference_server.engine import Engine as E
+    from reference_server.backends.local import tools as tools_module
+    from reference_server.backends.local import LocalBackend as E
     from reference_server.protocol import CreateChatCompletionRequest
 
     save("tools_grammar_converter.gbnf", E.grammar_from_json_schema(weather["function"]["parameters"]))
-    plan = tools_module.plan(srv.app.state.engine, CreateChatCompletionRequest(**forced))
+    plan = tools_module.plan(srv.app.state.backend, CreateChatCompletionRequest(**forced))
     save("tools_grammar.gbnf", plan.grammar or "")
     save("tools_instructions.txt", plan.instructions)
 

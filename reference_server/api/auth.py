@@ -6,7 +6,7 @@ import secrets
 
 from fastapi import Request
 
-from .errors import APIError
+from ..errors import APIError
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -18,6 +18,8 @@ def require_api_key(request: Request) -> None:
         return
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" and request.headers.get("x-api-key"):  # Anthropic's clients send this
+        scheme, token = "bearer", request.headers["x-api-key"]
     if scheme.lower() != "bearer" or not token.strip():
         raise APIError(401, "You didn't provide an API key. Provide it in the Authorization header "
                        "as 'Authorization: Bearer YOUR_KEY'.", code="invalid_api_key", headers=_CHALLENGE)

@@ -174,6 +174,7 @@ def structured(client: Any) -> str:
 
 
 _EXAM: dict[str, Any] = {}
+LAB_CHECKS = ("The tool-call message", "A forced tool call", "Structured output", "The tool-calling loop")
 
 #: optional rows of `coursekit conform` for what the labs build: the course's exam requires them too
 BUILT_IN_THE_LABS = {
@@ -189,9 +190,14 @@ BUILT_IN_THE_LABS = {
 def final_exam(server: Any) -> str:
     """``coursekit conform`` on the learner's server: every required row passes, and so does every
     optional feature the labs built; the others may be "not offered", never broken."""
+    from ..checks import RESULTS
+
     _EXAM.clear()
     if not getattr(server, "ready", False):
         raise Mismatch("your server is not running: see what the cell that started it printed")
+    failing = [name for name in LAB_CHECKS if RESULTS.get(name) is False]
+    if failing:  # the exam grades a finished server: the rows those checks cover would fail too
+        raise Mismatch(f"first pass the lab's other checks: {', '.join(failing)}")
     try:
         from ..conform import run
     except ImportError:

@@ -56,6 +56,12 @@ def schema_for(method: str, path: str, status: int, stream: bool) -> str | None:
         return "completion_chunk" if stream and "completion_chunk" in schemas.names() else "completion_response"
     if path == "/v1/embeddings":
         return "embedding_response"
+    if path == "/v1/responses":
+        return "response_stream_event" if stream else "response"
+    if path.startswith("/v1/responses/"):
+        if path.endswith("/input_items"):
+            return "response_input_item_list"
+        return "response_deleted" if method == "DELETE" else "response"
     return None
 
 
@@ -95,10 +101,10 @@ class ContractCheck:
         self.responses += 1
         where = f"{scope['method']} {scope['path']} -> {state['status']}"
         if state["stream"]:
-            for frame in state["body"].decode().split("\n\n"):
-                if not frame.startswith("data: ") or frame == "data: [DONE]":
+            for data in sse_events(state["body"].decode()):  # Responses events have an event: line first
+                if data == "[DONE]":
                     continue
-                item = json.loads(frame[len("data: "):])
+                item = json.loads(data)
                 self._validate(item, "error" if "error" in item else name, where)
         else:
             self._validate(json.loads(state["body"]), name, where)
@@ -210,5 +216,6 @@ def http(running: RunningServer) -> Iterator[httpx.Client]:
 
 
 def sse_events(body: str) -> list[str]:
-    """The ``data:`` payloads of an SSE body, in order (``[DONE]`` included)."""
-    return [frame[len("data: "):] for frame in body.split("\n\n") if frame.startswith("data: ")]
+    """The ``data:`` payloads of an SSE body, in order (``[DONE]`` included), after any ``event:`` line."""
+    return [line[len("data: "):] for frame in body.split("\n\n") for line in frame.split("\n")
+            if line.startswith("data: ")]

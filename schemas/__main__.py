@@ -25,7 +25,7 @@ def _error_schema(schema: str) -> str:
 
 def _items(text: str, schema: str, each: bool) -> list[tuple[str, Any, str]]:
     """(label, value, schema name) triples; the label prefixes problems when there are several."""
-    if text.lstrip().startswith(("data:", "event:")):  # SSE, data-only (OpenAI) or named events (Anthropic)
+    if text.lstrip().startswith(("data:", "event:")):  # SSE: OpenAI's data-only, Anthropic's and Responses' named events
         events = [line[len("data:"):].strip() for line in text.splitlines() if line.startswith("data:")]
         values = [json.loads(data) for data in events if data != "[DONE]"]
         return [(f"[{i}]", v, _error_schema(schema) if isinstance(v, dict) and "error" in v else schema)

@@ -121,9 +121,9 @@ def other_failures(http: Any, headers: dict[str, str], server_log: list[str]) ->
 # ---- Step 3: the route's own errors -------------------------------------------------------------
 
 @check("The server's own errors", section=CONTEXT,
-       hint="require_api_key raises invalid_api_key(...); require_ready raises model_loading(); check_request "
-            "raises model_not_found(...) and context_length_exceeded(...) with param 'messages' or 'max_tokens'")
-def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
+       hint="require_api_key raises invalid_api_key(...); check_context raises context_length_exceeded(...) "
+            "with param 'messages' (the prompt alone is too long) or 'max_tokens'")
+def route_errors(http: Any, key: str, engine: Any) -> str:
     url = "/v1/chat/completions"
     headers = {"Authorization": f"Bearer {key}"}
     try:
@@ -135,8 +135,8 @@ def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
                "a request with a wrong key", 401, code="invalid_api_key")
     except Mismatch as m:
         raise Mismatch(m.what, details=m.details, section=AUTH,
-                       hint="require_api_key: no header, or not 'Bearer <key>', or a key not in API_KEYS -> "
-                            "raise invalid_api_key(message)") from None
+                       hint="require_api_key: no header, or not 'Bearer <key>', or a key not among the "
+                            "server's keys -> raise invalid_api_key(message)") from None
     _error(http.post(url, json={**CHAT, "model": "gpt-4o"}, headers=headers), "model 'gpt-4o'", 404,
            param="model", code="model_not_found")
     long = {**CHAT, "messages": [{"role": "user", "content": "word " * 2000}]}
@@ -144,11 +144,12 @@ def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
            code="context_length_exceeded")
     _error(http.post(url, json={**CHAT, "max_tokens": 2000}, headers=headers), "max_tokens 2000", 400,
            param="max_tokens", code="context_length_exceeded")
-    state["ready"] = False
+    before = engine.state
+    engine.state = "loading"  # as if the model were still loading
     try:
         loading = http.post(url, json=CHAT, headers=headers)
     finally:
-        state["ready"] = True
+        engine.state = before
     try:
         _error(loading, "a request while the model loads", 503, code="model_loading", type="server_error")
     except Mismatch as m:
@@ -276,6 +277,61 @@ def retries(send_with_retries: Callable[..., Any], flaky_server: Callable[..., A
     if len(attempts) != 3:
         raise Mismatch(f"an unreachable server got {len(attempts)} attempts with max_retries=2, not 3")
     return "Retry only what can succeed: 429, 503 and connection errors, never 400, 401, 404 or 422"
+
+
+@check("A full queue is a 429", section=OVERLOAD,
+       hint="in Worker.reserve: if self.jobs > self.max_queue (one running, max_queue waiting), raise "
+            "errors.queue_full(self.max_queue) before counting the job")
+def overload() -> str:
+    import threading
+
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=40, delay=0.03)
+    app = package_module("app").create_app(package_module("settings").Settings(max_queue=1), engine=fake)
+    body = {**CHAT, "max_tokens": 40}
+    results: dict[str, Any] = {}
+
+    def send(name: str) -> None:
+        try:
+            results[name] = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=30)
+        except httpx.HTTPError as exc:
+            results[name] = exc
+
+    def until(condition: Callable[[], bool], timeout: float = 10) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return condition()
+
+    with live_app(app) as root:
+        worker = app.state.worker
+        first = threading.Thread(target=send, args=("running",))
+        first.start()
+        until(lambda: fake.yielded > 0)
+        second = threading.Thread(target=send, args=("waiting",))
+        second.start()
+        until(lambda: worker.jobs >= 2, timeout=3)
+        start = time.monotonic()
+        third = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=30)
+        waited = time.monotonic() - start
+        first.join(timeout=30)
+        second.join(timeout=30)
+    if third.status_code == 200:
+        raise Mismatch(f"with max_queue=1, one request running and one waiting, a third was queued anyway: it "
+                       f"waited {waited:.1f} s for its 200", hint="reserve must refuse when the queue is full")
+    e = _error(third, "a request to a full queue", 429, code="rate_limit_exceeded", type="rate_limit_error")
+    if not third.headers.get("retry-after", "").strip().isdigit():
+        raise Mismatch("the 429 has no Retry-After header (in seconds): the official client would not know when "
+                       "to retry", details=[f"message: {e['message'][:100]!r}"])
+    if waited > 1.0:
+        raise Mismatch(f"the 429 came after {waited:.1f} s: refuse at once, before any work starts")
+    statuses = [getattr(results.get(n), "status_code", results.get(n)) for n in ("running", "waiting")]
+    if statuses != [200, 200]:
+        raise Mismatch(f"the running and the waiting requests should both succeed, got {statuses}")
+    return f"A full queue is a 429: refused in {waited * 1000:.0f} ms with Retry-After, the two others served"
 
 
 def summary(errors: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
-"""Checks for lab 04: Server-Sent Events by hand, the chunk sequence, a streaming route, a reader."""
+"""Checks for lab 04: Server-Sent Events by hand, the chunk sequence, streaming routes, cancellation, a reader."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, schema_problems, short, type_name
@@ -14,7 +15,8 @@ CHUNKS = Section("04-streaming", "The sequence of chunks")
 FRAMING = Section("04-streaming", "Framing: from chunks to bytes")
 READING = Section("04-streaming", "Reading a stream")
 PITFALLS = Section("04-streaming", "Pitfalls that break real clients")
-SECTIONS = (WIRE, CHUNKS, FRAMING, READING, PITFALLS)
+CANCELLING = Section("04-streaming", "When the client goes away")
+SECTIONS = (WIRE, CHUNKS, FRAMING, READING, PITFALLS, CANCELLING)
 
 META = {"id": "chatcmpl-lab4example", "created": 1748779200, "model": MODEL_ID}
 
@@ -104,17 +106,58 @@ def _text(chunks: list[dict[str, Any]]) -> str:
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
 
 
+def _events(items: list[Any]) -> Any:
+    """An async iterator over ``items``: what the route's events look like to chat_chunks."""
+    async def gen() -> Any:
+        for item in items:
+            yield item
+    return gen()
+
+
+def _collect(chunks: Any, limit: int = 100) -> list[Any]:
+    """Everything an async generator yields (run on a loop of its own)."""
+    from .fakes import run_async
+
+    if chunks is None:
+        raise Mismatch("chat_chunks returned None: it should yield the chunks (an async generator)")
+    if hasattr(chunks, "__next__") and not hasattr(chunks, "__anext__"):
+        raise Mismatch("chat_chunks is a plain generator: make it an async generator (async def, reading the "
+                       "events with async for), because the events arrive from the worker thread")
+    if not hasattr(chunks, "__anext__"):
+        if hasattr(chunks, "close"):
+            chunks.close()  # a coroutine (an async def without yield): never awaited, not a warning
+        raise Mismatch(f"chat_chunks returned {type_name(chunks)}: it should yield the chunks "
+                       "(an async def that yields is an async generator)")
+
+    async def drain() -> list[Any]:
+        out = []
+        async for item in chunks:
+            out.append(dict(item) if isinstance(item, dict) else item)
+            if len(out) >= limit:
+                break
+        return out
+    return run_async(drain)
+
+
+def run_chunks(chat_chunks: Callable[..., Any], events: list[Any], meta: dict[str, Any],
+               include_usage: bool = False) -> list[Any]:
+    """The chunks ``chat_chunks`` yields for ``events``; an empty list while it is not written."""
+    try:
+        return _collect(chat_chunks(_events(events), dict(meta), include_usage))
+    except Mismatch:
+        return []
+
+
 @check("The chunk sequence", section=CHUNKS,
        hint="yield the role chunk first, then one chunk per text piece, then on Done the finish chunk "
             "(empty delta, its finish_reason) and, with include_usage, the usage chunk (choices [])")
 def chunk_sequence(chat_chunks: Callable[..., Any], done: Callable[..., Any]) -> str:
+    from .fakes import run_async
+
     events = ["Hel", "lo", " world", done("stop", 12, 3)]
 
     def run(items: list[Any], include_usage: bool) -> list[Any]:
-        out = chat_chunks(iter(items), dict(META), include_usage)
-        if out is None:
-            raise Mismatch("chat_chunks returned None: it should yield the chunks (a generator)")
-        return [dict(c) if isinstance(c, dict) else c for c in out]
+        return _collect(chat_chunks(_events(items), dict(META), include_usage))
 
     plain = run(events, False)
     problems = sequence_problems(plain, include_usage=False, meta=META)
@@ -136,12 +179,17 @@ def chunk_sequence(chat_chunks: Callable[..., Any], done: Callable[..., Any]) ->
     if sequence_problems(cut, include_usage=False) or cut[-1]["choices"][0]["finish_reason"] != "length":
         raise Mismatch("when max_tokens cuts the answer (Done('length', ...)) the finish_reason is 'length'")
 
-    def slow() -> Iterator[Any]:
+    async def slow() -> Any:
         yield "Hel"
         raise TimeoutError("the model is still thinking")
+
+    async def first_two() -> None:
+        gen = chat_chunks(slow(), dict(META), False)
+        await gen.__anext__()
+        await gen.__anext__()  # the role chunk and 'Hel' must not wait for the rest
+        await gen.aclose()
     try:
-        gen = iter(chat_chunks(slow(), dict(META), False))
-        next(gen), next(gen)  # the role chunk and 'Hel' must not wait for the rest
+        run_async(first_two)
     except TimeoutError:
         raise Mismatch("chat_chunks reads every event before it yields its first chunk: the client would "
                        "wait for the whole answer", hint="yield inside the loop over events, not after it") from None
@@ -168,8 +216,8 @@ def parse_events(body: str) -> tuple[list[str], list[str]]:
 
 
 @check("POST /v1/chat/completions with stream", section=FRAMING,
-       hint="when body.stream is true, return EventSourceResponse(sse_frames(chat_chunks(events, meta, "
-            "include_usage))): every chunk as an event, then data: [DONE]")
+       hint="when body.stream is true, return sse_response(chat_chunks(events, meta, include_usage)); "
+            "sse_frames sends every chunk as an event, then data: [DONE]")
 def stream_endpoint(http: Any) -> str:
     question = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}],
                 "max_tokens": 8, "temperature": 0}
@@ -216,6 +264,79 @@ def stream_endpoint(http: Any) -> str:
         raise Mismatch("without stream_options the stream is not right", details=problems)
     return (f"POST /v1/chat/completions with stream: {len(chunks)} valid chunks, [DONE], "
             f"and the same text as without stream")
+
+
+@check("POST /v1/completions", section=FRAMING,
+       hint="the route is given: it streams through your sse_response, so sse_event and sse_frames must pass "
+            "their checks first")
+def completions_endpoint(http: Any) -> str:
+    body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+    plain = http.post("/v1/completions", json=body)
+    if plain.status_code != 200:
+        raise Mismatch(f"POST /v1/completions answered {plain.status_code}", details=[f"body: {plain.text[:160]!r}"])
+    require_schema(plain.json(), "completion_response", what="the non-streamed text_completion")
+    r = http.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    if not r.headers.get("content-type", "").startswith("text/event-stream"):
+        raise Mismatch(f"a streamed completion answered {r.status_code} {r.headers.get('content-type')!r}, "
+                       "not an event stream", details=[f"body: {r.text[:120]!r}"])
+    payloads, problems = parse_events(r.text)
+    if problems or not payloads or payloads[-1] != "[DONE]":
+        raise Mismatch("the streamed completion is not framed as Server-Sent Events ending with [DONE]",
+                       details=problems[:3] or [f"last event: {payloads[-1:]!r}"])
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    for chunk in chunks:
+        wrong = schema_problems(chunk, "completion_chunk")
+        if wrong:
+            raise Mismatch("a chunk of the streamed completion is not valid", details=wrong[:3])
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    if text != plain.json()["choices"][0]["text"]:
+        raise Mismatch(f"at temperature 0 the stream says {text!r}, the plain answer "
+                       f"{plain.json()['choices'][0]['text']!r}")
+    if chunks[-1]["choices"] or not chunks[-1].get("usage"):
+        raise Mismatch("with include_usage the last chunk carries the usage (and no choices)")
+    return f"POST /v1/completions: {text!r}, streamed and not, the same text"
+
+
+@check("A client that hangs up", section=CANCELLING,
+       hint="in the worker's job, check generation.cancelled before handing each event over, and break "
+            "when it is set")
+def cancellation() -> str:
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=150, delay=0.02)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 150,
+            "temperature": 0, "stream": True}
+    with live_app(app) as root:
+        events = 0
+        with httpx.stream("POST", f"{root}/v1/chat/completions", json=body, timeout=30) as response:
+            if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+                    "text/event-stream"):
+                raise Mismatch(f"a streamed request answered {response.status_code} "
+                               f"{response.headers.get('content-type')!r}: the stream check must pass first")
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    events += 1
+                if events >= 3:  # the role chunk and two pieces: now hang up
+                    break
+        left_at = fake.yielded
+        stopped = fake.closed.wait(timeout=2.0)
+        after = fake.yielded - left_at
+        start = time.monotonic()
+        second = httpx.post(f"{root}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 3},
+                            timeout=30)
+        waited = time.monotonic() - start
+    if not stopped:
+        raise Mismatch(f"after the client hung up, your worker went on generating for nobody: {after} more "
+                       f"pieces in 2 s (of {fake.pieces})")
+    if after > 10:
+        raise Mismatch(f"your worker stopped, but only {after} pieces after the client hung up")
+    if second.status_code != 200:
+        raise Mismatch(f"the next request answered {second.status_code}: {second.text[:120]!r}")
+    return (f"A client that hangs up: the generation stopped {after} piece{'s' if after != 1 else ''} later, "
+            f"and the next request was served in {waited * 1000:.0f} ms")
 
 
 # ---- Step 6: reading ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ CALLS = Section("07-tools", "A forced call, request and response")
 LOOP = Section("07-tools", "The round trip")
 GRAMMARS = Section("07-tools", "Grammars: constraining sampling")
 STRUCTURED = Section("07-tools", "Structured outputs: `response_format`")
-SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED)
+EXAM = Section("labs", "The final exam")
+SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED, EXAM)
 
 
 
@@ -55,8 +56,8 @@ def tool_message(tool_call_message: Callable[[str, str], Any]) -> str:
 
 
 @check("A forced tool call", section=GRAMMARS,
-       hint="when tool_choice names a tool: generate under grammar_for(tool.function.parameters), then return "
-            "chat_response(tool_call_message(name, text), 'tool_calls', usage)")
+       hint="when a tool is forced: generate under json_schema=tool.function.parameters, collect the answer, "
+            "then put tool_call_message(name, text) in its message and 'tool_calls' in its finish_reason")
 def forced_call(http: Any, tool: dict[str, Any]) -> str:
     import jsonschema
 
@@ -147,8 +148,8 @@ COUNTRY_SCHEMA = {
 
 
 @check("Structured output", section=STRUCTURED,
-       hint="when response_format is json_schema: generate under grammar_for(fmt.json_schema.schema_) and "
-            "return the JSON text as the message content")
+       hint="response_schema(body): body.response_format.json_schema.schema_ for json_schema, {'type': "
+            "'object'} for json_object, None otherwise; the route generates under it")
 def structured(client: Any) -> str:
     import jsonschema
 
@@ -170,3 +171,57 @@ def structured(client: Any) -> str:
     except jsonschema.ValidationError as exc:
         raise Mismatch(f"the JSON breaks the schema: {exc.message}") from None
     return f"Structured output: {text.strip()} is valid against the schema"
+
+
+_EXAM: dict[str, Any] = {}
+LAB_CHECKS = ("The tool-call message", "A forced tool call", "Structured output", "The tool-calling loop")
+
+#: optional rows of `coursekit conform` for what the labs build: the course's exam requires them too
+BUILT_IN_THE_LABS = {
+    "completions": "lab 4", "completions.stream": "lab 4", "embeddings.float": "lab 6",
+    "embeddings.base64": "lab 6", "tools": "lab 7", "tools.stream": "lab 7", "json.object": "lab 7",
+    "json.schema": "lab 7",
+}
+
+
+@check("The final exam", section=EXAM,
+       hint="read each failing row's reason: it names the request and what came back; the lab that built "
+            "that feature, and its chapter, tell you where to fix it")
+def final_exam(server: Any) -> str:
+    """``coursekit conform`` on the learner's server: every required row passes, and so does every
+    optional feature the labs built; the others may be "not offered", never broken."""
+    from ..checks import RESULTS
+
+    _EXAM.clear()
+    if not getattr(server, "ready", False):
+        raise Mismatch("your server is not running: see what the cell that started it printed")
+    failing = [name for name in LAB_CHECKS if RESULTS.get(name) is False]
+    if failing:  # the exam grades a finished server: the rows those checks cover would fail too
+        raise Mismatch(f"first pass the lab's other checks: {', '.join(failing)}")
+    try:
+        from ..conform import run
+    except ImportError:
+        raise Mismatch("this checkout has no conformance checker (coursekit.conform): update the course "
+                       "(git pull) and reinstall it (make setup)") from None
+    report = run(server.base_url, api_key=getattr(server, "api_key", None), model=MODEL_ID, timeout=120)
+    _EXAM.update(statuses=report.statuses(), ok=report.ok)
+    print(report.table())
+    wrong = [row for row in report.rows
+             if row.status == "fail" or (row.required or row.id in BUILT_IN_THE_LABS) and row.status != "pass"]
+    if wrong:
+        details = [f"{row.id}" + (f" ({BUILT_IN_THE_LABS[row.id]})" if row.id in BUILT_IN_THE_LABS else "")
+                   + f": {row.status}: {row.reason}" for row in wrong]
+        raise Mismatch(f"{len(wrong)} row{'s' if len(wrong) > 1 else ''} of the exam "
+                       f"{'do' if len(wrong) > 1 else 'does'} not pass", details=details)
+    offered = sum(1 for row in report.rows if not row.required and row.status == "pass")
+    return (f"The final exam: all {_required(report)} required rows pass, and {offered} of "
+            f"{sum(1 for row in report.rows if not row.required)} optional features: your server conforms")
+
+
+def _required(report: Any) -> int:
+    return sum(1 for row in report.rows if row.required)
+
+
+def exam_summary() -> dict[str, Any]:
+    """The exam's rows (row id -> status), for the checkpoint; empty if it did not run."""
+    return dict(_EXAM.get("statuses") or {})

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from .. import errors
 from ..protocol_anthropic import CountTokensRequest, CreateMessageRequest
 from ..serving import anthropic
-from .deps import BackendDep, require_model, unless_disconnected
+from .deps import BackendDep, introspective, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["anthropic"])
 
@@ -33,6 +33,8 @@ errors.register_envelope("/v1/messages", anthropic_error)
 async def create_message(body: CreateMessageRequest, request: Request, backend: BackendDep):
     require_model(backend, body.model)
     run = backend.chat(body.to_chat_request(body.model))  # validated and queued: a full queue is a 429 here
+    if gone := await started(request, run):  # a gateway: an upstream has sent its first token
+        return gone
     reply = anthropic.Reply.start(body.model)
     if body.stream:
         return anthropic.sse_response(anthropic.stream_events(run, reply))
@@ -43,4 +45,5 @@ async def create_message(body: CreateMessageRequest, request: Request, backend: 
 @router.post("/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, backend: BackendDep) -> dict[str, int]:
     require_model(backend, body.model)
-    return {"input_tokens": backend.count_chat_tokens(body.to_openai(body.model))}
+    counter = introspective(backend, "Counting tokens")
+    return {"input_tokens": counter.count_chat_tokens(body.to_openai(body.model))}

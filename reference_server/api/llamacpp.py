@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from .. import errors
 from ..backends.base import Backend
 from ..sampling import SamplingParams
-from .deps import BackendDep
+from .deps import BackendDep, introspective
 
 router = APIRouter(tags=["llama.cpp"])
 
@@ -63,6 +63,7 @@ def _check_tokens(backend: Backend, tokens: list[int], param: str) -> None:
 # --8<-- [start:tokenize]
 @router.post("/tokenize")
 async def tokenize(body: TokenizeRequest, backend: BackendDep) -> dict[str, Any]:
+    backend = introspective(backend, "/tokenize")
     backend.require_ready()
     parts = [body.content] if isinstance(body.content, str) else body.content
     tokens: list[int] = []
@@ -88,6 +89,7 @@ def _piece(raw: bytes) -> str | list[int]:
 
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, backend: BackendDep) -> dict[str, str]:
+    backend = introspective(backend, "/detokenize")
     backend.require_ready()
     _check_tokens(backend, body.tokens, "tokens")
     text = b"".join(backend.token_bytes(t) for t in body.tokens)
@@ -99,7 +101,7 @@ async def detokenize(body: DetokenizeRequest, backend: BackendDep) -> dict[str, 
 async def props(backend: BackendDep) -> dict[str, Any]:
     """llama-server's fields that have a meaning here; the sampling defaults are the engine's own."""
     backend.require_ready()
-    info = backend.info()
+    info = introspective(backend, "/props").info()
     defaults = dataclasses.asdict(SamplingParams(max_tokens=-1))
     params = {"seed": 4294967295, **{k: defaults[k] for k in (  # llama.cpp's "random seed"
         "temperature", "top_k", "top_p", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")},

@@ -17,7 +17,7 @@ from .. import errors
 from ..backends.base import Backend
 from ..protocol_ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 from ..serving import ollama
-from .deps import BackendDep, unless_disconnected
+from .deps import BackendDep, introspective, started, unless_disconnected
 
 router = APIRouter(tags=["ollama"])
 
@@ -53,19 +53,19 @@ async def version() -> dict[str, str]:
 @router.get("/tags")
 async def list_models(backend: BackendDep) -> dict[str, Any]:
     backend.require_ready()
-    return {"models": [ollama.model_entry(backend.info())]}
+    return {"models": [ollama.model_entry(introspective(backend, "Listing models in Ollama's form").info())]}
 
 
 @router.get("/ps")
 async def running_models(backend: BackendDep) -> dict[str, Any]:
     backend.require_ready()
-    return {"models": [ollama.running(backend.info())]}
+    return {"models": [ollama.running(introspective(backend, "Listing models in Ollama's form").info())]}
 
 
 @router.post("/show")
 async def show_model(body: ShowRequest, backend: BackendDep) -> dict[str, Any]:
     served_model(backend, body.model)
-    return ollama.show(backend.info())
+    return ollama.show(introspective(backend, "/api/show").info())
 
 
 # --8<-- [start:chat]
@@ -77,6 +77,8 @@ async def chat(body: ChatRequest, request: Request, backend: BackendDep):
         backend.require_ready()
         return reply.loaded()
     run = backend.chat(body.to_openai(model_id))  # validated and queued: a full queue is a 429 here
+    if gone := await started(request, run):  # a gateway: an upstream has sent its first token
+        return gone
     if body.stream:
         return ollama.ndjson_response(ollama.stream_lines(run, reply))
     return await unless_disconnected(request, ollama.collect(run, reply))
@@ -91,10 +93,12 @@ async def generate(body: GenerateRequest, request: Request, backend: BackendDep)
     if not body.prompt:
         return reply.loaded()
     if body.raw:  # no template: the prompt's special tokens are the model's own
-        tokens = backend.tokenize(body.prompt, special=True, add_special=True)
+        tokens = introspective(backend, "raw=true").tokenize(body.prompt, special=True, add_special=True)
         run = backend.complete(body.to_openai_raw(model_id, tokens))[0]
     else:
         run = backend.chat(body.to_openai(model_id))
+    if gone := await started(request, run):
+        return gone
     if body.stream:
         return ollama.ndjson_response(ollama.stream_lines(run, reply))
     return await unless_disconnected(request, ollama.collect(run, reply))
@@ -107,7 +111,7 @@ async def embed(body: EmbedRequest, backend: BackendDep) -> dict[str, Any]:
     model_id = served_model(backend, body.model)
     backend.require_ready()
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    if body.truncate:
+    if body.truncate and callable(getattr(backend, "tokenize", None)):  # a gateway leaves it to the upstream
         inputs = [_truncated(backend, text) for text in inputs]
     result = await backend.embed(body.to_openai(model_id, inputs))
     return {"model": body.model, "embeddings": result.vectors, "total_duration": ollama.ns(time.perf_counter() - started),

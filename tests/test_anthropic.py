@@ -85,8 +85,12 @@ def test_sampling_fields_and_stop_sequences(client):
     full = client.messages.create(model=MODEL, max_tokens=8, messages=HI, extra_body=GREEDY).content[0].text
     cut = full.split()[1]
     m = client.messages.create(model=MODEL, max_tokens=8, messages=HI, stop_sequences=[cut], extra_body=GREEDY)
-    # The engine does not report which stop sequence matched: end_turn, as llama-server's own layer says.
-    assert full.startswith(m.content[0].text) and cut not in m.content[0].text and m.stop_reason == "end_turn"
+    assert full.startswith(m.content[0].text) and cut not in m.content[0].text
+    assert (m.stop_reason, m.stop_sequence) == ("stop_sequence", cut)
+    with client.messages.stream(model=MODEL, max_tokens=8, messages=HI, stop_sequences=[cut],
+                                extra_body=GREEDY) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", cut)
     m = client.messages.create(model=MODEL, max_tokens=3, messages=HI,
                                extra_body={"temperature": 0.7, "top_p": 0.9, "top_k": 20})
     assert m.stop_reason == "max_tokens" and m.usage.output_tokens == 3

@@ -60,6 +60,7 @@ class ChoiceDone:
     index: int
     finish_reason: str  # "stop" | "length" | "tool_calls"
     completion_tokens: int
+    stop_sequence: str | None = None  # the client's stop string that ended it (Anthropic reports it)
 
 
 @dataclass

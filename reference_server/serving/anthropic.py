@@ -60,9 +60,19 @@ class Reply:
     def start(cls, model: str) -> "Reply":
         return cls(f"msg_{uuid.uuid4().hex[:24]}", model)
 
-    def message(self, content: list[dict[str, Any]], stop_reason: str | None, usage: dict[str, int]) -> dict[str, Any]:
+    def message(self, content: list[dict[str, Any]], stop_reason: str | None, usage: dict[str, int],
+                stop_sequence: str | None = None) -> dict[str, Any]:
         return {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": content,
-                "stop_reason": stop_reason, "stop_sequence": None, "usage": usage}
+                "stop_reason": stop_reason, "stop_sequence": stop_sequence, "usage": usage}
+
+
+def stop_reason(done: ChoiceDone | None) -> tuple[str, str | None]:
+    """Anthropic's stop_reason and stop_sequence: "stop_sequence" when one of the client's ended the text."""
+    if done is None:
+        return "end_turn", None
+    if done.finish_reason == "stop" and done.stop_sequence:
+        return "stop_sequence", done.stop_sequence
+    return STOP_REASONS.get(done.finish_reason, done.finish_reason), None
 
 
 def _input(arguments: str) -> dict[str, Any]:
@@ -78,7 +88,8 @@ def _input(arguments: str) -> dict[str, Any]:
 async def stream_events(run: Run, reply: Reply) -> AsyncIterator[tuple[str, dict[str, Any]]]:
     """(event name, data) pairs: a block opens at its first delta and closes when the next opens."""
     index, open_block = -1, None
-    finish, completion, cached = "stop", 0, 0
+    done: ChoiceDone | None = None
+    completion, cached = 0, 0
 
     def start(block: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         nonlocal index, open_block
@@ -113,13 +124,14 @@ async def stream_events(run: Run, reply: Reply) -> AsyncIterator[tuple[str, dict
                 if event.arguments:
                     yield delta({"type": "input_json_delta", "partial_json": event.arguments})
             elif isinstance(event, ChoiceDone):
-                finish, completion = event.finish_reason, event.completion_tokens
+                done, completion = event, event.completion_tokens
             elif isinstance(event, Timings):
                 cached = event.cached_tokens
         for item in stop():
             yield item
+        reason, sequence = stop_reason(done)
         yield "message_delta", {"type": "message_delta",
-                                "delta": {"stop_reason": STOP_REASONS.get(finish, finish), "stop_sequence": None},
+                                "delta": {"stop_reason": reason, "stop_sequence": sequence},
                                 "usage": usage(run.prompt_tokens, completion, cached)}
         yield "message_stop", {"type": "message_stop"}
     finally:
@@ -130,7 +142,8 @@ async def stream_events(run: Run, reply: Reply) -> AsyncIterator[tuple[str, dict
 async def collect(run: Run, reply: Reply) -> dict[str, Any]:
     """The whole message: a text block (if any text), then a tool_use block per call."""
     text, calls = "", []
-    finish, completion, cached = "stop", 0, 0
+    done: ChoiceDone | None = None
+    completion, cached = 0, 0
     try:
         async for event in run.events:
             if isinstance(event, TextDelta):
@@ -140,14 +153,15 @@ async def collect(run: Run, reply: Reply) -> dict[str, Any]:
                     calls.append({"type": "tool_use", "id": event.id, "name": event.name or "", "arguments": ""})
                 calls[-1]["arguments"] += event.arguments
             elif isinstance(event, ChoiceDone):
-                finish, completion = event.finish_reason, event.completion_tokens
+                done, completion = event, event.completion_tokens
             elif isinstance(event, Timings):
                 cached = event.cached_tokens
     finally:
         await run.events.aclose()
     content = [{"type": "text", "text": text}] if text else []
     content += [{"type": "tool_use", "id": c["id"], "name": c["name"], "input": _input(c["arguments"])} for c in calls]
-    return reply.message(content, STOP_REASONS.get(finish, finish), usage(run.prompt_tokens, completion, cached))
+    reason, sequence = stop_reason(done)
+    return reply.message(content, reason, usage(run.prompt_tokens, completion, cached), sequence)
 
 
 # --8<-- [start:named_sse]

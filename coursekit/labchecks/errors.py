@@ -182,10 +182,15 @@ def backoff(backoff_delay: Callable[..., Any]) -> str:
     for attempt, (top, low, cap) in enumerate(zip(tops, lows, full)):
         if not (cap * 0.99 <= top <= cap * 1.01):
             wrong.append(f"attempt {attempt} with rand() near 1 waits {top:.3g} s; expected about {cap:g} s")
-        if not (0 <= low <= cap):
-            wrong.append(f"attempt {attempt} with rand() = 0 waits {low:.3g} s; expected between 0 and {cap:g} s")
     if wrong:
         raise Mismatch("the delays do not double from BASE up to CAP", details=wrong[:4])
+    short_waits = [f"attempt {a} with rand() = 0 waits {low:.3g} s; expected at least {cap / 2:g} s"
+                   for a, (low, cap) in enumerate(zip(lows, full)) if not (cap * 0.5 * 0.99 <= low <= cap * 1.01)]
+    if short_waits and all(abs(t - lo) > 1e-9 for t, lo in zip(tops, lows)):
+        raise Mismatch("with rand() near 0 your client barely waits: jitter spreads the retries, it should not "
+                       "cancel the backoff (a wait near 0 s hits the overloaded server again at once)",
+                       details=short_waits[:3],
+                       hint="keep at least half of the delay: delay * (0.5 + rand() / 2)")
     if all(abs(t - lo) < 1e-9 for t, lo in zip(tops, lows)):
         raise Mismatch("the delay does not depend on rand(): without jitter, every client that failed at the "
                        "same moment retries at the same moment, and the server fails again",

@@ -1,0 +1,39 @@
+"""Wrong answers a learner could plausibly give that the lab checks must refuse (issue 18).
+
+Each test runs a check on the named wrong answer and expects it to fail; the solution passing the
+same check is proven by tests/test_labs.py, which runs every solved notebook.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from coursekit.checks import LabCheckFailed
+from coursekit.labchecks import errors
+
+BASE, CAP = 0.5, 8.0
+
+
+def _delay(attempt: int, retry_after: object, rand: object, jitter: object) -> float:
+    if retry_after is not None:
+        try:
+            return float(retry_after)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+    return jitter(min(CAP, BASE * 2 ** attempt), rand)  # type: ignore[operator]
+
+
+def test_backoff_refuses_full_jitter_that_can_wait_nothing() -> None:
+    def full_jitter(attempt: int, retry_after: object = None, *, rand: object = random.random) -> float:
+        return _delay(attempt, retry_after, rand, lambda d, r: d * r())
+    with pytest.raises(LabCheckFailed) as info:
+        errors.backoff(full_jitter)
+    assert "at least half" in info.value.hint
+
+
+def test_backoff_accepts_half_to_all_of_the_delay() -> None:
+    def half_jitter(attempt: int, retry_after: object = None, *, rand: object = random.random) -> float:
+        return _delay(attempt, retry_after, rand, lambda d, r: d * (0.5 + r() / 2))
+    errors.backoff(half_jitter)  # raises LabCheckFailed when it does not pass

@@ -37,3 +37,28 @@ def test_backoff_accepts_half_to_all_of_the_delay() -> None:
     def half_jitter(attempt: int, retry_after: object = None, *, rand: object = random.random) -> float:
         return _delay(attempt, retry_after, rand, lambda d, r: d * (0.5 + r() / 2))
     errors.backoff(half_jitter)  # raises LabCheckFailed when it does not pass
+
+
+def test_fix_check_refuses_a_fix_that_returns_a_constant() -> None:
+    import copy
+
+    from coursekit.labchecks import openai_format
+
+    def solution(broken: dict) -> dict:
+        import datetime as dt
+        fixed = copy.deepcopy(broken)
+        choice = fixed["choices"][0]
+        choice["finish_reason"] = choice.pop("finishReason").lower()
+        choice["logprobs"] = None
+        choice["message"].update(role="assistant", refusal=None)
+        fixed["created"] = int(dt.datetime.fromisoformat(fixed["created"].replace("Z", "+00:00")).timestamp())
+        prompt, completion = fixed.pop("prompt_tokens"), fixed.pop("completion_tokens")
+        fixed["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion}
+        return fixed
+    answer = solution(openai_format.BROKEN_RESPONSE)
+    openai_format.fixed(solution)
+    with pytest.raises(LabCheckFailed) as info:
+        openai_format.fixed(lambda broken: copy.deepcopy(answer))
+    assert "not another broken response" in info.value.what
+    assert "Lyon is second." in " ".join(info.value.details)

@@ -7,6 +7,9 @@ same check is proven by tests/test_labs.py, which runs every solved notebook.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +65,50 @@ def test_fix_check_refuses_a_fix_that_returns_a_constant() -> None:
         openai_format.fixed(lambda broken: copy.deepcopy(answer))
     assert "not another broken response" in info.value.what
     assert "Lyon is second." in " ".join(info.value.details)
+
+
+@pytest.fixture()
+def package(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """myserver/ as the solutions of labs 01 to ``request.param`` write it, importable (forgotten afterwards)."""
+    import sys
+    from pathlib import Path
+
+    from coursekit import export
+
+    root = Path(__file__).resolve().parents[1]
+    export.export_notebooks(sorted((root / "solutions").glob(f"0[1-{getattr(request, 'param', 3)}]*.ipynb")), tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield tmp_path / "myserver"
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        del sys.modules[name]
+
+
+def _client_of_fake_app() -> Any:
+    from fastapi.testclient import TestClient
+
+    from coursekit.labchecks.fakes import FakeEngine, package_module
+
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=FakeEngine(pieces=6))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_chat_endpoint_refuses_an_answer_kept_from_an_earlier_request(package: Path) -> None:
+    from coursekit.labchecks import fastapi_basics
+
+    with _client_of_fake_app() as http:
+        fastapi_basics.chat_endpoint(http)  # the solution passes
+    chat = package / "routers" / "chat.py"
+    source = chat.read_text()
+    line = "    events = await worker.run("
+    assert line in source
+    chat.write_text("CACHE = {}\n" + source.replace(
+        line, "    events = CACHE.setdefault('events', None) or await worker.run(").replace(
+        "    return collect(events, meta)", "    CACHE['events'] = events\n    return collect(events, meta)"))
+    import sys
+    for name in [m for m in sys.modules if m.startswith("myserver")]:
+        del sys.modules[name]
+    with _client_of_fake_app() as http, pytest.raises(LabCheckFailed) as info:
+        fastapi_basics.chat_endpoint(http)
+    assert "does not come from the model" in info.value.what

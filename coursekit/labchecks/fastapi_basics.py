@@ -208,8 +208,42 @@ def chat_endpoint(http: Any) -> str:
                        "the request's max_tokens to llama.cpp")
     if details:
         raise Mismatch("valid, but not an answer to this request", details=details)
+    fresh = _asks_the_model(body)
+    if fresh:
+        raise Mismatch("the answer does not come from the model for this request", details=fresh,
+                       hint="every request runs engine.generate (on the worker) with the request's messages and "
+                            "max_tokens; nothing is kept from an earlier request")
     return (f"POST /v1/chat/completions: 200, valid, {out['usage']['completion_tokens']} tokens, "
             f"finish_reason {out['choices'][0]['finish_reason']!r}")
+
+
+def _asks_the_model(body: dict[str, Any]) -> list[str]:
+    """What is wrong when two requests go to an app around a scripted engine (empty when each asks it)."""
+    from fastapi.testclient import TestClient
+
+    from .fakes import FakeEngine, package_module
+
+    fake = FakeEngine(pieces=6)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answers = [client.post("/v1/chat/completions", json={**body, "max_tokens": n}) for n in (2, 4)]
+    problems = []
+    if fake.started < 2:
+        problems.append(f"two requests ran the engine {fake.started} time{'s' if fake.started != 1 else ''}: "
+                        "an answer kept from before is not an answer to this request")
+    for n, r in zip((2, 4), answers):
+        try:
+            text = r.json()["choices"][0]["message"]["content"]
+        except Exception:
+            problems.append(f"with max_tokens={n} the app answered {r.status_code}: {r.text[:120]!r}")
+            continue
+        want = "".join(f" {i}" for i in range(n))
+        if text.strip() != want.strip():
+            problems.append(f"with max_tokens={n}, an engine that says {want!r} got the answer {text!r}")
+    return problems
 
 
 @check("Stretch: GET /v1/models/{id}", section=ONE_MODEL,

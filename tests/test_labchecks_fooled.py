@@ -112,3 +112,16 @@ def test_chat_endpoint_refuses_an_answer_kept_from_an_earlier_request(package: P
     with _client_of_fake_app() as http, pytest.raises(LabCheckFailed) as info:
         fastapi_basics.chat_endpoint(http)
     assert "does not come from the model" in info.value.what
+
+
+@pytest.mark.parametrize("message", [lambda name: "Error.", lambda name: name, lambda name: "Something failed."])
+def test_error_mapping_refuses_messages_that_do_not_say_what_went_wrong(message: Any) -> None:
+    from coursekit.labchecks import api_design
+
+    def table(say: Any) -> dict:
+        return {name: (status, {"error": {"message": say(name), "type": type_, "param": param, "code": code}})
+                for name, (status, type_, param, code) in api_design.EXPECTED_ERRORS.items()}
+    api_design.errors(table(lambda name: f"{name}: {api_design.MESSAGE_WORDS[name][-1]} went wrong here"))
+    with pytest.raises(LabCheckFailed) as info:
+        api_design.errors(table(message))
+    assert "what went wrong" in " ".join(info.value.details)

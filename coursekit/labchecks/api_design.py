@@ -70,6 +70,18 @@ WHY = {
     "unexpected": "our bug, not the client's: 500, type 'server_error', and nothing more specific",
 }
 
+#: situation -> words one of which a message that says what went wrong contains (lower case)
+MESSAGE_WORDS = {
+    "malformed_json": ("json", "parse"),
+    "invalid_temperature": ("temperature",),
+    "unknown_model": ("gpt-4o", "model"),
+    "bad_api_key": ("key", "auth"),
+    "context_too_long": ("context", "too long", "tokens", "length"),
+    "model_loading": ("load", "not ready", "starting"),
+    "queue_full": ("busy", "queue", "too many", "overload", "capacity", "rate limit"),
+    "unexpected": ("error", "internal", "bug", "unexpected", "went wrong"),
+}
+
 #: stretch: situation -> (status, type, code)
 EXPECTED_MORE_ERRORS = {
     "unknown_route": (404, "invalid_request_error", None),
@@ -203,9 +215,18 @@ def errors(table: Any) -> str:
             problems.append(f"param {err['param']!r}")
         if not err["message"].strip():
             problems.append("an empty message (say what went wrong, for a human)")
+        elif " " not in err["message"].strip():
+            problems.append(f"the message {err['message']!r} is a word, not a sentence that says what went "
+                            "wrong, for a human")
+        elif not any(word in err["message"].lower() for word in MESSAGE_WORDS[name]):
+            problems.append(f"the message {err['message']!r} does not say what went wrong (a human reading it "
+                            f"should learn it: mention {' or '.join(repr(w) for w in MESSAGE_WORDS[name][:2])})")
         if problems:
             wrong += 1
             details.append(f"{name}: {', '.join(problems)} — {WHY[name]}")
+    messages = [_entry(n, table[n])[1]["message"].strip().lower() for n in EXPECTED_ERRORS if n in table]
+    if len(messages) > 1 and len(set(messages)) < len(messages):
+        details.append("two situations share one message: each message says what went wrong in that situation")
     if details:
         raise Mismatch(f"{len(EXPECTED_ERRORS) - wrong - len(missing)} of {len(EXPECTED_ERRORS)} situations "
                        "are mapped right", details=details)

@@ -125,3 +125,23 @@ def test_error_mapping_refuses_messages_that_do_not_say_what_went_wrong(message:
     with pytest.raises(LabCheckFailed) as info:
         api_design.errors(table(message))
     assert "what went wrong" in " ".join(info.value.details)
+
+
+@pytest.mark.parametrize("package", [4], indirect=True)
+def test_stream_check_refuses_a_stream_sent_all_at_once(package: Path) -> None:
+    from coursekit.labchecks import streaming
+
+    with _client_of_fake_app() as http:
+        streaming.stream_endpoint(http)  # the solution passes
+    module = package / "streaming.py"
+    source = module.read_text()
+    loop = "    async for chunk in chunks:\n        yield sse_event(json.dumps(chunk))\n"
+    assert loop in source
+    module.write_text(source.replace(loop, "    everything = [chunk async for chunk in chunks]\n"
+                                           "    for chunk in everything:\n        yield sse_event(json.dumps(chunk))\n"))
+    import sys
+    for name in [m for m in sys.modules if m.startswith("myserver")]:
+        del sys.modules[name]
+    with _client_of_fake_app() as http, pytest.raises(LabCheckFailed) as info:
+        streaming.stream_endpoint(http)
+    assert "sent all at once" in info.value.what

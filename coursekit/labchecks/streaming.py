@@ -262,8 +262,47 @@ def stream_endpoint(http: Any) -> str:
     problems = problems or sequence_problems(bare_chunks, include_usage=False)
     if problems:
         raise Mismatch("without stream_options the stream is not right", details=problems)
+    late = _first_event_before_the_end()
+    if late:
+        raise Mismatch("the stream is valid, but it is sent all at once at the end: the client waits as long "
+                       "as without stream", details=late,
+                       hint="send each chunk as it is made: read the events with async for and yield inside "
+                            "the loop, never into a list first (in chat_chunks, sse_frames and the route)")
     return (f"POST /v1/chat/completions with stream: {len(chunks)} valid chunks, [DONE], "
-            f"and the same text as without stream")
+            f"and the same text as without stream, each event sent as soon as it is made")
+
+
+def _first_event_before_the_end() -> list[str]:
+    """What shows the stream is buffered, with a scripted engine that takes 1.5 s (empty when it is not).
+
+    Through TestClient the whole body arrives at once whatever the app does, so this reads the
+    learner's app over a real socket, as ``cancellation`` does, and notes how far the generation
+    had got when the first event came.
+    """
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=30, delay=0.05)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 30,
+            "temperature": 0, "stream": True}
+    made = None
+    with live_app(app) as root, httpx.stream("POST", f"{root}/v1/chat/completions", json=body,
+                                             timeout=30) as response:
+        if response.status_code != 200:
+            return [f"with a scripted engine the streamed request answered {response.status_code}"]
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                made = (fake.yielded, fake.finished)
+                break
+    if made is None:
+        return ["no event at all came from the app around a scripted engine"]
+    yielded, finished = made
+    if finished or yielded >= fake.pieces:
+        return [f"the first event reached the client after all {fake.pieces} pieces had been generated "
+                f"({fake.pieces * fake.delay:.1f} s of generation)"]
+    return []
 
 
 @check("POST /v1/completions", section=FRAMING,

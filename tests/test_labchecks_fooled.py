@@ -145,3 +145,23 @@ def test_stream_check_refuses_a_stream_sent_all_at_once(package: Path) -> None:
     with _client_of_fake_app() as http, pytest.raises(LabCheckFailed) as info:
         streaming.stream_endpoint(http)
     assert "sent all at once" in info.value.what
+
+
+def test_waiting_for_health_stops_on_a_model_that_failed_to_load() -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from coursekit import lab
+
+    app = FastAPI()
+    answers = iter([("model_loading", "The model is still loading."),
+                    ("model_load_failed", "The model failed to load: ValueError: not a GGUF file")])
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        code, message = next(answers)
+        return JSONResponse({"error": {"message": message, "type": "server_error", "param": None,
+                                       "code": code}}, status_code=503)
+    with TestClient(app) as http, pytest.raises(lab.ModelNotReady, match="not a GGUF file"):
+        lab.wait_until_ready(http, timeout=5)

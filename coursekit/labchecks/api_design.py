@@ -57,8 +57,9 @@ WHY = {
     "malformed_json": "the client sent something unparseable: its fault (4xx), a plain invalid request; "
                       "there is no single field to blame, so param is null",
     "invalid_temperature": "a 400 like malformed JSON, but now one field is to blame: param names it",
-    "unknown_model": "the URL exists, the *model* named in the body does not: OpenAI answers 404 "
-                     "with code 'model_not_found' and param 'model'",
+    "unknown_model": "the URL exists, the *model* named in the body does not: 404 with code "
+                     "'model_not_found'; this server also names the field at fault, param 'model' (OpenAI "
+                     "sends param null there: chapter 5, 'Where this server differs from OpenAI, on purpose')",
     "bad_api_key": "authentication failed: 401 (not 403, which means 'known, but not allowed'), "
                    "code 'invalid_api_key'",
     "context_too_long": "the request is well formed but too big for this model: 400 with code "

@@ -128,8 +128,14 @@ def tool_loop(answer_with_tools: Callable[[str], Any], calls: list[Any]) -> str:
     if len(calls) != 1:
         raise Mismatch(f"get_weather ran {len(calls)} times: run the call the model asked for, once")
     reply = final.choices[0]
-    if reply.message.tool_calls or not reply.message.content:
-        raise Mismatch("the final reply should be text for the user, not another call")
+    if reply.message.tool_calls:
+        raise Mismatch("the final reply is another call, not text for the user: did the second request "
+                       "still force get_weather? A tool_choice that names a function obliges the server to "
+                       "call it, on every request that carries it",
+                       hint="send the second request without tool_choice (or with tool_choice='none'); "
+                            "keep tools, so that the model knows what the call was")
+    if not reply.message.content:
+        raise Mismatch("the final reply has no text: the model should answer the user, using the result")
     return (f"The tool-calling loop: get_weather({json.dumps(calls[0])}) ran, its result went back, "
             f"and the model answered in {reply.finish_reason!r} text")
 

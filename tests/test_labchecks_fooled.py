@@ -7,6 +7,7 @@ same check is proven by tests/test_labs.py, which runs every solved notebook.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -165,3 +166,25 @@ def test_waiting_for_health_stops_on_a_model_that_failed_to_load() -> None:
                                        "code": code}}, status_code=503)
     with TestClient(app) as http, pytest.raises(lab.ModelNotReady, match="not a GGUF file"):
         lab.wait_until_ready(http, timeout=5)
+
+
+def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from coursekit import checks
+    from coursekit.labchecks import streaming as check
+
+    checks.FAILURES.pop("SSE framing", None)
+
+    def as_text(data: str) -> str:
+        return f"data: {data}\n\n"  # a str: the body must be bytes
+    with pytest.raises(LabCheckFailed) as first:
+        check.framing(as_text)
+    assert first.value.hint.startswith("an SSE event is a field name")
+    assert "encode" not in first.value.hint and "check.hint(check.framing)" in first.value.hint
+    assert "📖 Reread: course/04-streaming.md" in first.value.message
+    check.hint(check.framing)
+    assert "encode('utf-8')" in capsys.readouterr().out
+    with pytest.raises(LabCheckFailed) as second:
+        check.framing(as_text)
+    assert second.value.hint == "return the text .encode('utf-8')"
+    for fn in (check.framing, check.chunk_sequence, check.stream_endpoint, check.cancellation, check.reader):
+        assert not re.search(r"\w\(", fn.concrete_hint), f"a call, code to copy, in {fn.concrete_hint!r}"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, schema_problems, short, type_name
+from ..checks import hint as hint  # check.hint(check.framing): the concrete hint, on request
 from ..model import MODEL_ID
 
 WIRE = Section("04-streaming", "The wire format")
@@ -24,6 +25,8 @@ META = {"id": "chatcmpl-lab4example", "created": 1748779200, "model": MODEL_ID}
 # ---- Step 1: one event ------------------------------------------------------------------------
 
 @check("SSE framing", section=WIRE,
+       nudge="an SSE event is a field name and its value on one line, closed by a blank line; and a "
+             "response body is bytes, not text",
        hint="an event is the line 'data: ' + the text, then an empty line: 'data: ...\\n\\n', "
             "encoded as UTF-8 bytes")
 def framing(sse_event: Callable[[str], Any]) -> str:
@@ -149,6 +152,8 @@ def run_chunks(chat_chunks: Callable[..., Any], events: list[Any], meta: dict[st
 
 
 @check("The chunk sequence", section=CHUNKS,
+       nudge="a stream is one opening chunk (who speaks), the content pieces as they arrive, and one "
+             "closing chunk (why it stopped); each chunk leaves as soon as its event is read",
        hint="yield the role chunk first, then one chunk per text piece, then on Done the finish chunk "
             "(empty delta, its finish_reason) and, with include_usage, the usage chunk (choices [])")
 def chunk_sequence(chat_chunks: Callable[..., Any], done: Callable[..., Any]) -> str:
@@ -216,8 +221,11 @@ def parse_events(body: str) -> tuple[list[str], list[str]]:
 
 
 @check("POST /v1/chat/completions with stream", section=FRAMING,
-       hint="when body.stream is true, return sse_response(chat_chunks(events, meta, include_usage)); "
-            "sse_frames sends every chunk as an event, then data: [DONE]")
+       nudge="one route answers both ways: the request's stream flag decides whether the engine's events "
+             "are collected into one answer or sent on, event by event, as they are made",
+       hint="when the body asks for a stream, the route returns your SSE response around the chunks of the "
+            "same events (with the request's include_usage); sse_frames sends each chunk as it comes, then "
+            "the [DONE] event")
 def stream_endpoint(http: Any) -> str:
     question = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}],
                 "max_tokens": 8, "temperature": 0}
@@ -306,6 +314,8 @@ def _first_event_before_the_end() -> list[str]:
 
 
 @check("POST /v1/completions", section=FRAMING,
+       nudge="this route is given: it fails because a piece it streams through (sse_event, sse_frames, "
+             "sse_response) is not right yet",
        hint="the route is given: it streams through your sse_response, so sse_event and sse_frames must pass "
             "their checks first")
 def completions_endpoint(http: Any) -> str:
@@ -337,6 +347,8 @@ def completions_endpoint(http: Any) -> str:
 
 
 @check("A client that hangs up", section=CANCELLING,
+       nudge="when the client goes away the event loop cancels the request's task, but the worker thread "
+             "generating for it does not notice unless it looks",
        hint="in the worker's job, check generation.cancelled before handing each event over, and break "
             "when it is set")
 def cancellation() -> str:
@@ -396,6 +408,8 @@ SAMPLE_LINES = [
 
 
 @check("Reading SSE by hand", section=READING,
+       nudge="reading is the framing backwards: lines, comments to skip, the data field, and the [DONE] "
+             "sentinel that ends the stream",
        hint="skip empty lines and comments (lines starting with ':'); for 'data:' lines take what follows "
             "(without one leading space); stop at [DONE]; json.loads the rest")
 def reader(read_sse: Callable[[Any], Any]) -> str:

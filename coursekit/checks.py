@@ -157,7 +157,7 @@ def check(name: str, *, section: Section, hint: str, nudge: str | None = None) -
                 raise _failed(LabCheckFailed(name, f"your code raised {describe(exc)}",
                                              hint=_graded(name, nudge, hint, call), section=section)) from exc
             passed(name, message or name)
-        run.concrete_hint = hint  # type: ignore[attr-defined]
+        run.concrete_hint, run.nudge = hint, nudge  # type: ignore[attr-defined]
         run.check_name = name  # type: ignore[attr-defined]
         run.section = section  # type: ignore[attr-defined]
         return run  # type: ignore[return-value]

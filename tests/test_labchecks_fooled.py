@@ -186,5 +186,15 @@ def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: py
     with pytest.raises(LabCheckFailed) as second:
         check.framing(as_text)
     assert second.value.hint == "return the text .encode('utf-8')"
-    for fn in (check.framing, check.chunk_sequence, check.stream_endpoint, check.cancellation, check.reader):
-        assert not re.search(r"\w\(", fn.concrete_hint), f"a call, code to copy, in {fn.concrete_hint!r}"
+
+
+@pytest.mark.parametrize("module", ["streaming", "fastapi_basics"])
+def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
+    import importlib
+
+    checks_module = importlib.import_module(f"coursekit.labchecks.{module}")
+    found = [fn for fn in vars(checks_module).values() if hasattr(fn, "concrete_hint")]
+    assert len(found) >= 5
+    for fn in found:
+        assert fn.nudge, fn.check_name
+        assert not re.search(r"\w\(", fn.concrete_hint + fn.nudge), f"code to copy in {fn.check_name}"

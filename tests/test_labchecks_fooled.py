@@ -188,13 +188,13 @@ def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: py
     assert second.value.hint == "return the text .encode('utf-8')"
 
 
-@pytest.mark.parametrize("module", ["streaming", "fastapi_basics"])
+@pytest.mark.parametrize("module", ["streaming", "fastapi_basics", "embeddings", "tools"])
 def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
     import importlib
 
     checks_module = importlib.import_module(f"coursekit.labchecks.{module}")
     found = [fn for fn in vars(checks_module).values() if hasattr(fn, "concrete_hint")]
-    assert len(found) >= 5
+    assert len(found) >= 4
     for fn in found:
         assert fn.nudge, fn.check_name
         assert not re.search(r"\w\(", fn.concrete_hint + fn.nudge), f"code to copy in {fn.check_name}"

@@ -34,7 +34,9 @@ def test_backoff_refuses_full_jitter_that_can_wait_nothing() -> None:
         return _delay(attempt, retry_after, rand, lambda d, r: d * r())
     with pytest.raises(LabCheckFailed) as info:
         errors.backoff(full_jitter)
-    assert "at least half" in info.value.hint
+    assert "barely waits" in info.value.what
+    from coursekit.checks import CONCRETE
+    assert "at least half" in CONCRETE["Backoff with jitter"]
 
 
 def test_backoff_accepts_half_to_all_of_the_delay() -> None:
@@ -188,7 +190,7 @@ def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: py
     assert second.value.hint == "return the text .encode('utf-8')"
 
 
-@pytest.mark.parametrize("module", ["streaming", "fastapi_basics", "embeddings", "tools"])
+@pytest.mark.parametrize("module", ["api_design", "fastapi_basics", "streaming", "errors", "embeddings", "tools"])
 def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
     import importlib
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..checks import hint as hint  # check.hint(check.NAME): the concrete hint, on request
 
 RESOURCES = Section("01-api-design", "The endpoints")
 VERSIONING = Section("01-api-design", "What a client actually depends on")
@@ -112,6 +113,7 @@ def _pairs(routes: Any) -> list[tuple[Any, Any]]:
 
 
 @check("Route table", section=RESOURCES,
+       nudge="a REST API names things (resources) in its paths and actions with its methods",
        hint="a resource is a noun in the path (/v1/models); the method says what you do with it: "
             "GET reads, POST creates")
 def routes(table: Any) -> str:
@@ -155,8 +157,9 @@ def routes(table: Any) -> str:
 
 
 @check("Error envelope", section=ENVELOPE,
-       hint="return {'error': {...}} with exactly the four keys message, type, param, code; "
-            "keep param and code even when they are None")
+       nudge="every error has one shape, so a client reads every failure the same way",
+       hint="one top-level key, error, holding exactly the four keys message, type, param, code; keep "
+            "param and code even when they are None")
 def envelope(error_envelope: Callable[..., Any]) -> str:
     plain = error_envelope("Something broke.", "server_error")
     if not isinstance(plain, dict):
@@ -189,6 +192,7 @@ def _entry(name: str, value: Any) -> tuple[int, dict[str, Any]]:
 
 
 @check("Error mapping", section=STATUS_CODES,
+       nudge="the status says whose fault it is and whether a retry helps; the code names the case",
        hint="4xx: the client must change the request; 5xx: the server failed. The code names the case "
             "precisely, for programs; type is the broad family")
 def errors(table: Any) -> str:
@@ -235,6 +239,7 @@ def errors(table: Any) -> str:
 
 
 @check("Stretch: routes and retries", section=RETRY,
+       nudge="routing errors have their own statuses, and some refusals are only for now",
        hint="an unknown path is 'not found'; a known path with the wrong method has its own status. "
             "Retry-After tells a client when a temporary refusal may succeed")
 def stretch(more_errors: Any, retry_after: Any) -> str:

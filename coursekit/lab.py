@@ -279,6 +279,30 @@ def stop_servers() -> None:
 
 # ---- the reference server, for lab 1 ----------------------------------------------------------------
 
+class ModelNotReady(RuntimeError):
+    """The server's /health says the model will not become ready: waiting longer would hang."""
+
+
+def wait_until_ready(http: Any, timeout: float = 300.0) -> None:
+    """Polls ``/health`` until 200; a 503 that is not ``model_loading`` (a model that failed to load
+    answers 503 too) stops at once with the server's reason, instead of waiting forever."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = http.get("/health")
+        if reply.status_code == 200:
+            return
+        try:
+            error = reply.json().get("error") or {}
+        except (ValueError, AttributeError):
+            error = {}
+        if reply.status_code != 503 or error.get("code") != "model_loading":
+            raise ModelNotReady(f"/health answered {reply.status_code} ({error.get('code')}): "
+                                f"{error.get('message') or reply.text[:200]}")
+        if time.monotonic() > deadline:
+            raise ModelNotReady(f"the model was still loading after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def reference_client(settings: Any) -> Any:
     """The official client on the reference server, in-process with its model loaded (TestClient
@@ -293,8 +317,7 @@ def reference_client(settings: Any) -> Any:
     from reference_server import create_app
 
     with TestClient(create_app(settings)) as running:  # `with`: startup runs, the model loads
-        while running.get("/health").status_code == 503:
-            time.sleep(0.05)
+        wait_until_ready(running)
         yield OpenAI(base_url="http://testserver/v1", api_key="not-needed", http_client=running)
 
 

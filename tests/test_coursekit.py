@@ -234,14 +234,14 @@ def _envelope(message: str, type: str, param: str | None = None, code: str | Non
 
 
 def _errors_table() -> dict:
-    return {name: (status, _envelope("m", type_, param, code))
+    return {name: (status, _envelope(f"About {api_design.MESSAGE_WORDS[name][0]}.", type_, param, code))
             for name, (status, type_, param, code) in api_design.EXPECTED_ERRORS.items()}
 
 
 def test_error_mapping_feedback_says_which_situation_and_why() -> None:
     api_design.errors(_errors_table())
     table = _errors_table()
-    table["unknown_model"] = (400, _envelope("m", "invalid_request_error", "model", "model_not_found"))
+    table["unknown_model"] = (400, _envelope("No gpt-4o.", "invalid_request_error", "model", "model_not_found"))
     with pytest.raises(LabCheckFailed) as info:
         api_design.errors(table)
     assert info.value.what == "7 of 8 situations are mapped right"

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..checks import hint as hint  # check.hint(check.worker): the concrete hint, on request
 from ..model import MODEL_ID
 
 SHAPING = Section("02-openai-format", "A request and its response")
@@ -35,6 +36,8 @@ def _json(response: Any, what: str) -> Any:
 
 
 @check("collect", section=SHAPING,
+       nudge="a whole answer is what the stream of events adds up to: its text, why it stopped, what it "
+             "cost; the route knows the rest",
        hint="join the str events into the content; the Done event (the one that is not a str) gives "
             "finish_reason and the usage counts; id, created and model come from meta")
 def collecting(collect: Callable[[Any, dict[str, Any]], Any], done: Callable[..., Any]) -> str:
@@ -64,8 +67,10 @@ def collecting(collect: Callable[[Any, dict[str, Any]], Any], done: Callable[...
 
 
 @check("The worker", section=BLOCKING,
-       hint="return await asyncio.wrap_future(self.pool.submit(fn, *args)): the call runs on the pool's "
-            "one thread, and the event loop awaits it without blocking")
+       nudge="a blocking call must not run on the event loop's thread: hand it to another thread and "
+             "await the result",
+       hint="submit the call with its arguments to the worker's one-thread pool, turn the concurrent future "
+            "it gives into an asyncio one, and await that")
 def worker(worker_class: Callable[[int], Any]) -> str:
     import asyncio
     import threading
@@ -128,8 +133,10 @@ def worker(worker_class: Callable[[int], Any]) -> str:
 
 
 @check("Loading at startup", section=LOADING,
-       hint="the lifespan starts the load as a background task before its yield: "
-            "asyncio.create_task(app.state.worker.run(app.state.engine.load)); after the yield it waits for it")
+       nudge="the server answers (503 on /health) while the model loads: the load starts at startup, but "
+             "startup does not wait for it",
+       hint="before its yield, the lifespan starts a background task that runs the engine's load on the "
+            "worker; after the yield it waits for that task")
 def startup(http: Any) -> str:
     from fastapi.testclient import TestClient
 
@@ -171,7 +178,8 @@ def startup(http: Any) -> str:
 
 
 @check("GET /v1/models", section=ROUTES,
-       hint="return {'object': 'list', 'data': [model_card(engine)]}: a dict, FastAPI turns it into JSON")
+       nudge="a handler returns plain data and FastAPI writes the JSON; the body is OpenAI's model list",
+       hint="a dict with object 'list' and data, a list holding the one model card of the engine")
 def models_endpoint(http: Any) -> str:
     r = http.get("/v1/models")
     if r.status_code != 200:
@@ -186,8 +194,11 @@ def models_endpoint(http: Any) -> str:
 
 
 @check("POST /v1/chat/completions", section=REQUESTS,
-       hint="run engine.generate on the worker, consumed there: await worker.run(lambda: list(engine.generate("
-            "messages, max_tokens, body.temperature))), then return collect(events, meta)")
+       nudge="the model runs on the worker thread, for every request, and the handler shapes what it "
+             "made into a chat.completion",
+       hint="await the worker running the engine's generate with this request's messages, max_tokens and "
+            "sampling, consumed into a list there (a generator runs where it is read); then collect the "
+            "events with meta")
 def chat_endpoint(http: Any) -> str:
     body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}],
             "max_tokens": 8, "temperature": 0}
@@ -208,13 +219,49 @@ def chat_endpoint(http: Any) -> str:
                        "the request's max_tokens to llama.cpp")
     if details:
         raise Mismatch("valid, but not an answer to this request", details=details)
+    fresh = _asks_the_model(body)
+    if fresh:
+        raise Mismatch("the answer does not come from the model for this request", details=fresh,
+                       hint="every request runs engine.generate (on the worker) with the request's messages and "
+                            "max_tokens; nothing is kept from an earlier request")
     return (f"POST /v1/chat/completions: 200, valid, {out['usage']['completion_tokens']} tokens, "
             f"finish_reason {out['choices'][0]['finish_reason']!r}")
 
 
+def _asks_the_model(body: dict[str, Any]) -> list[str]:
+    """What is wrong when two requests go to an app around a scripted engine (empty when each asks it)."""
+    from fastapi.testclient import TestClient
+
+    from .fakes import FakeEngine, package_module
+
+    fake = FakeEngine(pieces=6)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        answers = [client.post("/v1/chat/completions", json={**body, "max_tokens": n}) for n in (2, 4)]
+    problems = []
+    if fake.started < 2:
+        problems.append(f"two requests ran the engine {fake.started} time{'s' if fake.started != 1 else ''}: "
+                        "an answer kept from before is not an answer to this request")
+    for n, r in zip((2, 4), answers):
+        try:
+            text = r.json()["choices"][0]["message"]["content"]
+        except Exception:
+            problems.append(f"with max_tokens={n} the app answered {r.status_code}: {r.text[:120]!r}")
+            continue
+        want = "".join(f" {i}" for i in range(n))
+        if text.strip() != want.strip():
+            problems.append(f"with max_tokens={n}, an engine that says {want!r} got the answer {text!r}")
+    return problems
+
+
 @check("Stretch: GET /v1/models/{id}", section=ONE_MODEL,
-       hint="require_model(engine, model_id) raises the 404 for an unknown id; otherwise return "
-            "model_card(engine)")
+       nudge="a path parameter picks one item of a collection; an id that is not there is a 404 in the "
+             "envelope",
+       hint="the given require_model raises the 404 for an unknown id; otherwise the handler returns the "
+            "engine's model card")
 def retrieve_endpoint(http: Any) -> str:
     r = http.get(f"/v1/models/{MODEL_ID}")
     if r.status_code != 200:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, schema_problems, short, type_name
+from ..checks import hint as hint  # check.hint(check.framing): the concrete hint, on request
 from ..model import MODEL_ID
 
 WIRE = Section("04-streaming", "The wire format")
@@ -24,6 +25,8 @@ META = {"id": "chatcmpl-lab4example", "created": 1748779200, "model": MODEL_ID}
 # ---- Step 1: one event ------------------------------------------------------------------------
 
 @check("SSE framing", section=WIRE,
+       nudge="an SSE event is a field name and its value on one line, closed by a blank line; and a "
+             "response body is bytes, not text",
        hint="an event is the line 'data: ' + the text, then an empty line: 'data: ...\\n\\n', "
             "encoded as UTF-8 bytes")
 def framing(sse_event: Callable[[str], Any]) -> str:
@@ -149,6 +152,8 @@ def run_chunks(chat_chunks: Callable[..., Any], events: list[Any], meta: dict[st
 
 
 @check("The chunk sequence", section=CHUNKS,
+       nudge="a stream is one opening chunk (who speaks), the content pieces as they arrive, and one "
+             "closing chunk (why it stopped); each chunk leaves as soon as its event is read",
        hint="yield the role chunk first, then one chunk per text piece, then on Done the finish chunk "
             "(empty delta, its finish_reason) and, with include_usage, the usage chunk (choices [])")
 def chunk_sequence(chat_chunks: Callable[..., Any], done: Callable[..., Any]) -> str:
@@ -216,8 +221,11 @@ def parse_events(body: str) -> tuple[list[str], list[str]]:
 
 
 @check("POST /v1/chat/completions with stream", section=FRAMING,
-       hint="when body.stream is true, return sse_response(chat_chunks(events, meta, include_usage)); "
-            "sse_frames sends every chunk as an event, then data: [DONE]")
+       nudge="one route answers both ways: the request's stream flag decides whether the engine's events "
+             "are collected into one answer or sent on, event by event, as they are made",
+       hint="when the body asks for a stream, the route returns your SSE response around the chunks of the "
+            "same events (with the request's include_usage); sse_frames sends each chunk as it comes, then "
+            "the [DONE] event")
 def stream_endpoint(http: Any) -> str:
     question = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}],
                 "max_tokens": 8, "temperature": 0}
@@ -262,11 +270,52 @@ def stream_endpoint(http: Any) -> str:
     problems = problems or sequence_problems(bare_chunks, include_usage=False)
     if problems:
         raise Mismatch("without stream_options the stream is not right", details=problems)
+    late = _first_event_before_the_end()
+    if late:
+        raise Mismatch("the stream is valid, but it is sent all at once at the end: the client waits as long "
+                       "as without stream", details=late,
+                       hint="send each chunk as it is made: read the events with async for and yield inside "
+                            "the loop, never into a list first (in chat_chunks, sse_frames and the route)")
     return (f"POST /v1/chat/completions with stream: {len(chunks)} valid chunks, [DONE], "
-            f"and the same text as without stream")
+            f"and the same text as without stream, each event sent as soon as it is made")
+
+
+def _first_event_before_the_end() -> list[str]:
+    """What shows the stream is buffered, with a scripted engine that takes 1.5 s (empty when it is not).
+
+    Through TestClient the whole body arrives at once whatever the app does, so this reads the
+    learner's app over a real socket, as ``cancellation`` does, and notes how far the generation
+    had got when the first event came.
+    """
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=30, delay=0.05)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 30,
+            "temperature": 0, "stream": True}
+    made = None
+    with live_app(app) as root, httpx.stream("POST", f"{root}/v1/chat/completions", json=body,
+                                             timeout=30) as response:
+        if response.status_code != 200:
+            return [f"with a scripted engine the streamed request answered {response.status_code}"]
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                made = (fake.yielded, fake.finished)
+                break
+    if made is None:
+        return ["no event at all came from the app around a scripted engine"]
+    yielded, finished = made
+    if finished or yielded >= fake.pieces:
+        return [f"the first event reached the client after all {fake.pieces} pieces had been generated "
+                f"({fake.pieces * fake.delay:.1f} s of generation)"]
+    return []
 
 
 @check("POST /v1/completions", section=FRAMING,
+       nudge="this route is given: it fails because a piece it streams through (sse_event, sse_frames, "
+             "sse_response) is not right yet",
        hint="the route is given: it streams through your sse_response, so sse_event and sse_frames must pass "
             "their checks first")
 def completions_endpoint(http: Any) -> str:
@@ -298,6 +347,8 @@ def completions_endpoint(http: Any) -> str:
 
 
 @check("A client that hangs up", section=CANCELLING,
+       nudge="when the client goes away the event loop cancels the request's task, but the worker thread "
+             "generating for it does not notice unless it looks",
        hint="in the worker's job, check generation.cancelled before handing each event over, and break "
             "when it is set")
 def cancellation() -> str:
@@ -357,6 +408,8 @@ SAMPLE_LINES = [
 
 
 @check("Reading SSE by hand", section=READING,
+       nudge="reading is the framing backwards: lines, comments to skip, the data field, and the [DONE] "
+             "sentinel that ends the stream",
        hint="skip empty lines and comments (lines starting with ':'); for 'data:' lines take what follows "
             "(without one leading space); stop at [DONE]; json.loads the rest")
 def reader(read_sse: Callable[[Any], Any]) -> str:

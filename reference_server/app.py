@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import accounting, errors, limits, metrics
+from . import accounting, errors, lifecycle, limits, metrics, openapi, request_limits
 from .api import anthropic, chat, completions, embeddings, health, llamacpp, models, ollama, responses
 from .api.auth import require_api_key
 from .limits import enforce_limits
@@ -56,6 +56,15 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
 
     app = FastAPI(title="llama.cpp OpenAI-compatible reference server", version="0.1.0", lifespan=lifespan)
     errors.install(app)
+    # --8<-- [start:reliability]
+    # Reliability (course/reference/reliability.md): bodies over the limit are a 413 before parsing;
+    # on shutdown, requests in flight get shutdown_grace seconds; /openapi.json says what is enforced.
+    app.state.drain = lifecycle.Drain(settings.shutdown_grace)
+    backend = lifecycle.Drained(backend, app.state.drain)  # at the deadline, its runs end with an error
+    app.add_middleware(request_limits.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(lifecycle.DrainMiddleware, drain=app.state.drain)
+    openapi.install(app, settings, lambda: [card.id for card in app.state.backend.models()])
+    # --8<-- [end:reliability]
     # --8<-- [start:mount_routers]
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

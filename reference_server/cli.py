@@ -69,6 +69,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--usage-file", metavar="PATH",
                    help=f"where per-key usage is kept across restarts (default: beside the keys file) [{env('USAGE_FILE')}]")
     # --8<-- [end:gateway_options]
+    # --8<-- [start:limit_flags]
+    limits = p.add_argument_group("limits and shutdown (course/reference/reliability.md)")
+    limits.add_argument("--max-body-bytes", type=int, metavar="N",
+                        help=f"largest request body; larger is a 413 (default 4194304) [{env('MAX_BODY_BYTES')}]")
+    limits.add_argument("--max-messages", type=int, metavar="N",
+                        help=f"most messages in a chat request (default 1024) [{env('MAX_MESSAGES')}]")
+    limits.add_argument("--max-n", type=int, metavar="N",
+                        help=f"most choices (n) in a request (default 16) [{env('MAX_N')}]")
+    limits.add_argument("--max-inputs", type=int, metavar="N",
+                        help=f"most embeddings inputs or completion prompts in a list (default 2048) [{env('MAX_INPUTS')}]")
+    limits.add_argument("--max-tools", type=int, metavar="N",
+                        help=f"most tools in a chat request (default 128) [{env('MAX_TOOLS')}]")
+    limits.add_argument("--shutdown-grace", type=float, metavar="SECONDS",
+                        help="on SIGTERM, how long streams in flight may finish before they are ended with an "
+                             f"error event (default 10) [{env('SHUTDOWN_GRACE')}]")
+    # --8<-- [end:limit_flags]
     p.add_argument("--check", action="store_true",
                    help="load the model, generate a few tokens and one embedding, report, and exit 0 (works) "
                         "or 1 (does not)")
@@ -200,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from . import lifecycle
     from .app import create_app
 
     # --8<-- [start:bind]
@@ -220,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a keys file that cannot be used
         print(f"reference-server: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(app, log_level="info" if settings.verbose else "warning")
-    uvicorn.Server(config).run(sockets=[sock])  # not fd=: uvicorn would take it for a Unix socket
+    config = uvicorn.Config(app, log_level="info" if settings.verbose else "warning",
+                            timeout_graceful_shutdown=settings.shutdown_grace + lifecycle.BACKSTOP_S)
+    lifecycle.Server(config, app.state.drain).run(sockets=[sock])  # not fd=: uvicorn would take it for a Unix socket
     return 0
 
 

@@ -48,10 +48,23 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
 # everything else gets OpenAI's envelope. The handlers below go through ``render``.
 Envelope = Callable[[int, str, str, "str | None", "str | None"], dict[str, Any]]
 _ENVELOPES: dict[str, Envelope] = {}
+_ENVELOPE_TYPES: dict[str, Any] = {}
 
 
-def register_envelope(path_prefix: str, envelope: Envelope) -> None:
+def register_envelope(path_prefix: str, envelope: Envelope, type_: Any = None) -> None:
+    """``type_`` (a TypedDict or pydantic model of the body) documents it in /openapi.json."""
     _ENVELOPES[path_prefix] = envelope
+    if type_ is not None:
+        _ENVELOPE_TYPES[path_prefix] = type_
+
+
+def envelope_type(path: str) -> Any:
+    """The documented type of the error body on ``path`` (openapi.py): OpenAI's by default, None
+    for a protocol that registered its envelope without one."""
+    from .serving.types import ErrorResponse
+
+    prefixes = [p for p in _ENVELOPES if path.startswith(p)]
+    return _ENVELOPE_TYPES.get(max(prefixes, key=len)) if prefixes else ErrorResponse
 
 
 def render(path: str, status: int, message: str, type: str, param: str | None = None,
@@ -98,6 +111,22 @@ def context_length_exceeded(prompt_tokens: int, max_tokens: int, n_ctx: int, par
         f"completion). Please reduce the length of the messages or completion.",
         param=param, code="context_length_exceeded")
 # --8<-- [end:constructors]
+
+
+def request_too_large(limit: int, size: int | None = None) -> APIError:
+    got = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    return APIError(413, f"The request body is too large: {got}; this server accepts at most {limit} bytes.",
+                    code="request_too_large")
+
+
+def above_limit(param: str, got: int, limit: int, *, items: bool) -> APIError:
+    """A request larger than a server limit (request_limits.py), in OpenAI's words for the same refusal."""
+    if items:
+        return invalid_request(f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, "
+                               f"but got an array with length {got} instead.", param=param,
+                               code="array_above_max_length")
+    return invalid_request(f"Invalid '{param}': integer above maximum value. Expected a value <= {limit}, "
+                           f"but got {got} instead.", param=param, code="integer_above_max_value")
 
 
 def loc_to_param(loc: tuple[Any, ...] | list[Any], body: Any = None, absent_key: bool = True) -> str | None:

@@ -43,8 +43,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from . import accounting
+from . import accounting, openapi
 from .errors import APIError
+from .serving.types import KeyUsageResponse
 
 log = logging.getLogger("reference_server")
 RELOAD_EVERY = 1.0  # seconds between two looks at the keys file
@@ -350,8 +351,8 @@ async def enforce_limits(request: Request) -> None:
 router = APIRouter(tags=["usage"])
 
 
-@router.get("/usage", response_model=None)
-async def read_usage(request: Request) -> dict[str, Any]:
+@router.get("/usage", response_model=None, responses=openapi.responses(KeyUsageResponse, errors=(404,)))
+async def read_usage(request: Request) -> KeyUsageResponse:
     """What this request's key has used, for its owner; the key's name, never the key."""
     account: Account | None = getattr(request.state, "account", None)
     if account is None:

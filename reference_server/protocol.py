@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from . import errors
@@ -19,11 +19,21 @@ from . import errors
 
 # --8<-- [start:body_config]
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _integral(value: Any) -> Any:
+    """JSON has one kind of number: 5.0 is the integer 5, as JSON Schema says; 5.5 and "5" stay refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(**constraints: Any) -> Any:
+    """An integer field (like pydantic's ``conint``) that also accepts 5.0; ``constraints``: ge, le."""
+    return Annotated[int, Field(**constraints), BeforeValidator(_integral)]
 # --8<-- [end:body_config]
 
 
@@ -61,6 +71,11 @@ class UserMessage(_Part):
 
 
 class AssistantMessage(_Part):
+    # The rule below, in JSON Schema, so the OpenAPI document admits only what is accepted.
+    model_config = ConfigDict(json_schema_extra={"anyOf": [
+        {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+        {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}}]})
+
     role: Literal["assistant"]
     content: Content | None = None
     name: str | None = None
@@ -181,23 +196,35 @@ class StreamOptions(_Part):
 Stop = Union[str, Annotated[list[str], Field(max_length=4)], None]
 
 
+EXAMPLE_MODEL = "SmolLM2-135M-Instruct"  # the examples shown at /docs name the served model (openapi.py)
+
+
+def _needs(field: str, flag: str) -> dict[str, Any]:
+    """``field`` (when not null) needs ``flag`` true: a validator's rule in JSON Schema, for /docs."""
+    return {"anyOf": [{"properties": {field: {"type": "null"}}},
+                      {"required": [flag], "properties": {flag: {"const": True}}}]}
+
+
 # --8<-- [start:sampling_fields]
 class _Sampling(_Body):
+    model_config = ConfigDict(json_schema_extra={"allOf": [_needs("stream_options", "stream")]})
+
     model: str
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128)
+    n: Int(ge=1, le=128) | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     stop: Stop = None
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int(ge=1) | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    logit_bias: dict[str, Annotated[int, Field(ge=-100, le=100)]] | None = None
-    seed: int | None = None
+    logit_bias: dict[str, Int(ge=-100, le=100)] | None = Field(
+        None, json_schema_extra={"propertyNames": {"pattern": "^[0-9]+$"}})
+    seed: Int() | None = None
     user: str | None = None
     # llama.cpp extensions that its users expect
-    top_k: int | None = Field(None, ge=0)
+    top_k: Int(ge=0) | None = None
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0)
 
@@ -209,6 +236,15 @@ class _Sampling(_Body):
                                       "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _logit_bias_keys_are_token_ids(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for key in value or {}:
+            if not (key.isascii() and key.isdigit()):  # not str.isdigit alone: int("²") fails
+                raise PydanticCustomError("cross_field", "Invalid key in 'logit_bias': '{key}' is not a token id "
+                                          "(a non-negative integer, in digits).", {"key": key})
+        return value
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
@@ -218,10 +254,15 @@ class _Sampling(_Body):
 
 # --8<-- [start:chat_request]
 class CreateChatCompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra={
+        "allOf": [_needs("stream_options", "stream"), _needs("top_logprobs", "logprobs")],
+        "examples": [{"model": EXAMPLE_MODEL, "messages": [{"role": "user", "content": "Say hello in five words."}],
+                      "max_tokens": 16}]})
+
     messages: list[ChatCompletionRequestMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Int(ge=1) | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: Int(ge=0, le=20) | None = None
     tools: list[ChatCompletionTool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
@@ -262,29 +303,38 @@ class CreateChatCompletionRequest(_Sampling):
 # --8<-- [end:chat_request]
 
 
-Prompt = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
+# A prompt string cannot be empty: without a BOS token (SmolLM2 has none) it has no token to start from.
+PromptText = Annotated[str, Field(min_length=1)]
+Prompt = Union[PromptText, list[PromptText], Annotated[list[Int()], Field(min_length=1)], list[list[Int()]]]
 
 
 class CreateCompletionRequest(_Sampling):
+    model_config = ConfigDict(json_schema_extra={
+        "allOf": [_needs("stream_options", "stream")],
+        "examples": [{"model": EXAMPLE_MODEL, "prompt": "The capital of France is", "max_tokens": 8}]})
+
     prompt: Prompt
-    max_tokens: int | None = Field(16, ge=0)
+    max_tokens: Int(ge=0) | None = 16
     echo: bool | None = None
     suffix: str | None = None
-    best_of: int | None = Field(None, ge=0, le=20)
-    logprobs: int | None = Field(None, ge=0, le=5)
+    best_of: Int(ge=0, le=20) | None = None
+    logprobs: Int(ge=0, le=5) | None = None
 
 
 _M = TypeVar("_M", bound=BaseModel)
 
-EmbeddingInput = Union[str, list[str], Annotated[list[int], Field(min_length=1)], list[list[int]]]
+EmbeddingInput = Union[str, list[str], Annotated[list[Int()], Field(min_length=1)], list[list[Int()]]]
 
 
 # --8<-- [start:embedding_request]
 class CreateEmbeddingRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={
+        "examples": [{"model": EXAMPLE_MODEL, "input": "The food was delicious and the waiter was kind."}]})
+
     model: str
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: Int(ge=1) | None = None
     user: str | None = None
 # --8<-- [end:embedding_request]
 

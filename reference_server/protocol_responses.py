@@ -22,7 +22,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 from pydantic_core import PydanticCustomError
 
 from . import errors
-from .protocol import CreateChatCompletionRequest
+from .protocol import EXAMPLE_MODEL, CreateChatCompletionRequest, Int
 
 NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # function and schema names, as in chat completions
 LOGPROBS = "message.output_text.logprobs"
@@ -39,13 +39,13 @@ def _refuse(message: str) -> PydanticCustomError:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # types as strict as chat's (protocol.py)
 
 
 class _Part(BaseModel):
     """Objects inside the body ignore fields they do not know (forward compatibility), as chat does."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 def _kind(served: tuple[str, ...], default: str | None = None) -> Discriminator:
@@ -336,11 +336,14 @@ Metadata = Annotated[dict[Annotated[str, Field(max_length=64)], Annotated[str, F
 
 # --8<-- [start:create_response]
 class CreateResponse(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": EXAMPLE_MODEL, "input": "Say hello in five words.", "max_output_tokens": 16}]})
+
     model: str
     input: Union[str, Annotated[list[InputItem], Field(min_length=1)]]
     instructions: str | None = None
     previous_response_id: str | None = None
-    max_output_tokens: int | None = Field(None, ge=16)
+    max_output_tokens: Int(ge=16) | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     tools: list[Tool] | None = None
@@ -348,7 +351,7 @@ class CreateResponse(_Body):
     parallel_tool_calls: bool | None = None
     text: ResponseTextParam | None = None
     include: list[Annotated[str, AfterValidator(_includable)]] | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    top_logprobs: Int(ge=0, le=20) | None = None
     store: bool | None = None
     stream: bool | None = None
     stream_options: ResponseStreamOptions | None = None
@@ -358,7 +361,7 @@ class CreateResponse(_Body):
     user: str | None = None
     safety_identifier: str | None = Field(None, max_length=64)
     prompt_cache_key: str | None = None
-    max_tool_calls: int | None = Field(None, ge=1)  # limits built-in tool calls; there are none here
+    max_tool_calls: Int(ge=1) | None = None  # limits built-in tool calls; there are none here
     # --8<-- [end:advisory_fields]
     # --8<-- [start:refused_fields]
     # In the spec, not servable here: accepted only at their "off" values, else a 400 that says why.

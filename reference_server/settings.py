@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     verbose: bool = Field(False, description="Let llama.cpp log to stderr.")
     extra_buffers: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp's extra weight buffers (AMX, REPACK); auto: off on a build with AMX.")
+    # --8<-- [start:limits]
+    # Reliability (course/reference/reliability.md): what one request may ask for, and how long a
+    # stopping server waits for the streams in flight.
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest request body, in bytes; larger is a 413.")
+    max_messages: int = Field(1024, ge=1, description="Most messages in one chat request.")
+    max_n: int = Field(16, ge=1, le=128, description="Most choices (n) in one request.")
+    max_inputs: int = Field(2048, ge=1, description="Most items in an embeddings 'input' or completions 'prompt' list.")
+    max_tools: int = Field(128, ge=0, description="Most tools in one chat request.")
+    shutdown_grace: float = Field(10.0, ge=0, description="Seconds a stopping server lets streams in flight finish.")
+    # --8<-- [end:limits]
 
     # --8<-- [start:gateway_settings]
     # Scaling out (course/11-scaling-out.md): a gateway in front of OpenAI-compatible engines,

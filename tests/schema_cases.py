@@ -257,3 +257,67 @@ CASES = [
         "default_generation_settings.n_ctx"),
     Bad("llamacpp_error", "code as a string (OpenAI's form)", {"error.code": "invalid_api_key"}, "error.code"),
 ]
+
+
+# ---- what this server refuses or accepts beyond the spec -------------------------------------------
+# Request bodies judged by the server itself (tests/test_openapi.py): its declared OpenAPI schema must
+# give the verdict the server gives. They are not counter-examples of schemas/ (which follow OpenAI's
+# spec): each is a rule of this server, its limits, or a rule between fields.
+
+@dataclass(frozen=True)
+class Served:
+    schema: str
+    pitfall: str
+    changes: dict[str, Any]
+    accepted: bool
+    example: int = 0
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.schema}: {self.pitfall}")
+
+    def instance(self) -> Any:
+        return changed(schemas.load(self.schema)["examples"][self.example], self.changes)
+
+
+USER, ASSISTANT_EMPTY = {"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}
+
+SERVED = [
+    Served("chat_completion_request", "stream_options without stream", {"stream_options": {"include_usage": True}}, False),
+    Served("chat_completion_request", "top_logprobs without logprobs", {"top_logprobs": 2}, False),
+    Served("chat_completion_request", "top_logprobs with logprobs", {"top_logprobs": 2, "logprobs": True}, True),
+    Served("chat_completion_request", "audio asked of a text model", {"audio": {"voice": "alloy", "format": "mp3"}}, False),
+    Served("chat_completion_request", "deprecated functions", {"functions": [{"name": "get_weather"}]}, False),
+    Served("chat_completion_request", "tool_choice without tools", {"tool_choice": "auto"}, False),
+    Served("chat_completion_request", "tool_choice none without tools", {"tool_choice": "none"}, True),
+    Served("chat_completion_request", "custom tool choice", {"tool_choice": {"type": "custom", "custom": {"name": "x"}}},
+           False, example=4),
+    Served("chat_completion_request", "tool parameters not an object schema",
+           {"tools[0].function.parameters": {"type": "string"}}, False, example=4),
+    Served("chat_completion_request", "tool parameters without a type", {"tools[0].function.parameters": {}}, False,
+           example=4),
+    Served("chat_completion_request", "temperature as a string", {"temperature": "0.5"}, False),
+    Served("chat_completion_request", "stream as 1", {"stream": 1}, False),
+    Served("chat_completion_request", "max_tokens beyond any context window", {"max_tokens": 10**9}, False),
+    Served("chat_completion_request", "logit_bias key in superscript digits", {"logit_bias": {"²": 5}}, False),
+    Served("chat_completion_request", "n above the server's limit", {"n": 17}, False),
+    Served("chat_completion_request", "n within the server's limit", {"n": 2}, True),
+    Served("chat_completion_request", "unknown model", {"model": "gpt-4o"}, False),
+    Served("chat_completion_request", "assistant message with an empty tool_calls list", {"messages[1].tool_calls": []},
+           False, example=2),
+    Served("chat_completion_request", "assistant message with empty content",
+           {"messages": [USER, ASSISTANT_EMPTY, USER]}, True),
+    Served("completion_request", "suffix (fill-in-the-middle)", {"suffix": " end."}, False),
+    Served("completion_request", "empty suffix", {"suffix": ""}, True),
+    Served("completion_request", "best_of other than n", {"best_of": 2}, False),
+    Served("completion_request", "best_of equal to n", {"best_of": 2, "n": 2}, True),
+    Served("completion_request", "stream with two prompts", {"stream": True}, False, example=1),
+    Served("completion_request", "stream with one prompt in a list", {"stream": True, "prompt": ["Once upon a time"]},
+           True, example=1),
+    Served("completion_request", "empty prompt", {"prompt": ""}, False),
+    Served("completion_request", "empty prompt list", {"prompt": []}, False),
+    Served("completion_request", "negative token id", {"prompt": [-1, 504]}, False, example=2),
+    Served("embedding_request", "empty input", {"input": ""}, False),
+    Served("embedding_request", "an empty string among the inputs", {"input": ["first text", ""]}, False, example=1),
+    Served("embedding_request", "an empty token list among the inputs", {"input[1]": []}, False, example=2),
+]

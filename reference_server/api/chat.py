@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from ..openapi import responses
 from ..protocol import CreateChatCompletionRequest
 from ..serving import chat
 from ..serving.common import Responder
 from ..serving.sse import sse_response
-from .deps import BackendDep, require_model, started, unless_disconnected
+from ..serving.types import CreateChatCompletionResponse, CreateChatCompletionStreamResponse
+from .deps import BackendDep, check_limits, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["chat"])
 
 
 # --8<-- [start:create_chat_completion]
-@router.post("/chat/completions", response_model=None)
+@router.post("/chat/completions", response_model=None, responses=responses(
+    CreateChatCompletionResponse, stream=CreateChatCompletionStreamResponse, errors=(404,), backend=True))
 async def create_chat_completion(body: CreateChatCompletionRequest, request: Request, backend: BackendDep):
+    check_limits(request, body)
     require_model(backend, body.model)
     run = backend.chat(body)  # validated and queued: a full queue is a 429 before anything is sent
     if gone := await started(request, run):  # a gateway: an upstream has sent its first token

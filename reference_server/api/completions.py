@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from ..openapi import responses
 from ..protocol import CreateCompletionRequest
 from ..serving import completions
 from ..serving.common import Responder
 from ..serving.sse import sse_response
-from .deps import BackendDep, require_model, started, unless_disconnected
+from ..serving.types import CreateCompletionResponse
+from .deps import BackendDep, check_limits, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["completions"])
 
 
-@router.post("/completions", response_model=None)
+@router.post("/completions", response_model=None, responses=responses(
+    CreateCompletionResponse, stream=CreateCompletionResponse, errors=(404,), backend=True))
 async def create_completion(body: CreateCompletionRequest, request: Request, backend: BackendDep):
+    check_limits(request, body)
     require_model(backend, body.model)
     runs = backend.complete(body)
     if gone := await started(request, runs[0]):

@@ -10,7 +10,7 @@ import anyio
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from .. import errors
+from .. import errors, request_limits
 from ..backends.base import Backend, Run, start
 from ..errors import error_body
 
@@ -28,6 +28,11 @@ def get_backend(request: Request) -> Backend:
 BackendDep = Annotated[Backend, Depends(get_backend)]
 
 # --8<-- [end:get_backend]
+
+
+def check_limits(request: Request, body: Any) -> None:
+    """The server's limits on lists and counts (request_limits.py): a 400 naming the parameter."""
+    request_limits.check(body, request.app.state.settings)
 
 
 # --8<-- [start:require_model]

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
+from ..openapi import responses
 from ..protocol import CreateEmbeddingRequest
 from ..serving.common import encode_base64
 from ..serving.types import CreateEmbeddingResponse
-from .deps import BackendDep, require_model
+from .deps import BackendDep, check_limits, require_model
 
 router = APIRouter(tags=["embeddings"])
 
 
 # --8<-- [start:create_embedding]
-@router.post("/embeddings", response_model=None)
-async def create_embedding(body: CreateEmbeddingRequest, backend: BackendDep) -> CreateEmbeddingResponse:
+@router.post("/embeddings", response_model=None,
+             responses=responses(CreateEmbeddingResponse, errors=(404,), backend=True))
+async def create_embedding(body: CreateEmbeddingRequest, request: Request, backend: BackendDep) -> CreateEmbeddingResponse:
+    check_limits(request, body)
     require_model(backend, body.model)
     result = await backend.embed(body)
     encode = encode_base64 if body.encoding_format == "base64" else list

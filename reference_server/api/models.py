@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ..backends.base import ModelCard
+from ..openapi import responses
 from ..serving.types import ListModelsResponse, Model
 from .deps import BackendDep, require_model
 
@@ -16,13 +17,13 @@ def model_object(card: ModelCard) -> Model:
 
 
 # --8<-- [start:list_models]
-@router.get("/models", response_model=None)
+@router.get("/models", response_model=None, responses=responses(ListModelsResponse))
 async def list_models(backend: BackendDep) -> ListModelsResponse:
     return {"object": "list", "data": [model_object(card) for card in backend.models()]}
 # --8<-- [end:list_models]
 
 
-@router.get("/models/{model_id:path}", response_model=None)
+@router.get("/models/{model_id:path}", response_model=None, responses=responses(Model, errors=(404,)))
 async def retrieve_model(model_id: str, backend: BackendDep) -> Model:
     require_model(backend, model_id)
     return next(model_object(card) for card in backend.models() if card.id == model_id)

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
-from .. import errors
+from .. import errors, openapi
 from ..errors import APIError
 from ..protocol_responses import CreateResponse, check_call_outputs, input_items, responses_param, to_chat
 from ..serving import responses
 from ..store import ResponseStore, Stored
-from .deps import BackendDep, require_model, started, unless_disconnected
+from .deps import BackendDep, check_limits, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["responses"])
 
@@ -42,8 +42,10 @@ def not_found(response_id: str, param: str | None = None) -> APIError:
 
 
 # --8<-- [start:create_response]
-@router.post("/responses", response_model=None)
+@router.post("/responses", response_model=None, responses=openapi.responses(
+    "response", stream="response_stream_event", done=False, errors=(404,), backend=True))
 async def create_response(body: CreateResponse, request: Request, backend: BackendDep, store: StoreDep):
+    check_limits(request, body)
     require_model(backend, body.model)
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
@@ -74,8 +76,10 @@ async def create_response(body: CreateResponse, request: Request, backend: Backe
 
 
 # --8<-- [start:stored]
-@router.get("/responses/{response_id}")
-async def retrieve_response(response_id: str, store: StoreDep, stream: str = "false") -> dict[str, Any]:
+@router.get("/responses/{response_id}", response_model=None,
+            responses=openapi.responses("response", errors=(400, 404)))
+async def retrieve_response(response_id: str, store: StoreDep, stream: str = Query(
+        "false", json_schema_extra={"pattern": "^([Ff][Aa][Ll][Ss][Ee]|0)$"})) -> dict[str, Any]:
     if stream.lower() not in ("false", "0"):
         raise errors.invalid_request("Streaming a stored response again is only possible for background "
                                      "responses, which this server does not run.", param="stream")
@@ -85,21 +89,25 @@ async def retrieve_response(response_id: str, store: StoreDep, stream: str = "fa
     return record.response
 
 
-@router.delete("/responses/{response_id}")
+@router.delete("/responses/{response_id}", response_model=None,
+               responses=openapi.responses("response_deleted", errors=(404,)))
 async def delete_response(response_id: str, store: StoreDep) -> dict[str, Any]:
     if not store.delete(response_id):
         raise not_found(response_id)
     return {"id": response_id, "object": "response", "deleted": True}
 
 
-@router.get("/responses/{response_id}/input_items")
-async def list_input_items(response_id: str, store: StoreDep, limit: str = "20", order: str = "desc",
+@router.get("/responses/{response_id}/input_items", response_model=None,
+            responses=openapi.responses("response_input_item_list", errors=(400, 404)))
+async def list_input_items(response_id: str, store: StoreDep,
+                           limit: str = Query("20", json_schema_extra={"pattern": "^0*(100|[1-9][0-9]?)$"}),
+                           order: str = Query("desc", json_schema_extra={"enum": ["asc", "desc"]}),
                            after: str | None = None) -> dict[str, Any]:
     """A cursor page of the request's input items, newest first unless ``order=asc``.
 
     Query values are checked here, not by FastAPI, so that a bad one is a 400 naming it.
     """
-    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 100:  # int("²") fails
         raise errors.invalid_request(f"Invalid value for 'limit': {limit!r} is not an integer between 1 and 100.",
                                      param="limit")
     if order not in ("asc", "desc"):

@@ -6,9 +6,9 @@ code can be read next to it. The JSON Schemas in schemas/ are what the tests val
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal
 
-from typing_extensions import NotRequired
+from typing_extensions import NotRequired, TypedDict  # pydantic reads these for /openapi.json (Python < 3.12)
 
 
 class ErrorObject(TypedDict):
@@ -140,6 +140,34 @@ class Model(TypedDict):
 class ListModelsResponse(TypedDict):
     object: Literal["list"]
     data: list[Model]
+
+
+class HealthResponse(TypedDict):
+    status: Literal["ok"]
+    model: str
+    queue_depth: int
+
+
+class UsageWindow(TypedDict):
+    seconds: float
+    requests: int
+    tokens: int
+
+
+class KeyUsageResponse(TypedDict):
+    """GET /v1/usage (limits.py): what the request's key of the keys file has used."""
+
+    object: Literal["usage"]
+    key_name: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    token_budget: int | None
+    budget_remaining: int | None
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    window: UsageWindow
 
 
 JSON = dict[str, Any]

@@ -98,7 +98,13 @@ def embedding_texts(backend: LocalBackend, data: Any) -> tuple[list[str], int]:
             if not item or not all(backend.valid_token(t) for t in item):
                 raise errors.invalid_request("Token ids must be non-empty and within the model's vocabulary.",
                                              param=param)
-            count, text = len(item), backend.detokenize(item)
+            # Embedded as text (llama-cpp-python embeds strings): count what will be embedded. Ids
+            # of special tokens decode to nothing, and an empty sequence corrupts llama.cpp's memory.
+            text = backend.detokenize(item)
+            count = len(backend.tokenize(text, special=False))
+            if count == 0:
+                raise errors.invalid_request("These token ids decode to no text (special tokens only): "
+                                             "nothing to embed.", param=param)
         if count > backend.n_ctx:
             raise errors.invalid_request(
                 f"This model's maximum context length is {backend.n_ctx} tokens, however you requested "

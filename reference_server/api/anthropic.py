@@ -15,6 +15,7 @@ from .. import errors
 from ..protocol_anthropic import CountTokensRequest, CreateMessageRequest
 from ..serving import anthropic
 from .deps import BackendDep, introspective, require_model, started, unless_disconnected
+from ..serving.types import AnthropicError
 
 router = APIRouter(tags=["anthropic"])
 
@@ -24,7 +25,7 @@ def anthropic_error(status: int, message: str, type: str, param: str | None, cod
     return anthropic.error_body(status, message)
 
 
-errors.register_envelope("/v1/messages", anthropic_error)
+errors.register_envelope("/v1/messages", anthropic_error, AnthropicError)
 # --8<-- [end:envelope]
 
 

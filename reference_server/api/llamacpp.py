@@ -19,6 +19,7 @@ from .. import errors
 from ..backends.base import Backend
 from ..sampling import SamplingParams
 from .deps import BackendDep, introspective
+from ..serving.types import LlamaCppError
 
 router = APIRouter(tags=["llama.cpp"])
 
@@ -33,7 +34,7 @@ def llamacpp_error(status: int, message: str, type: str, param: str | None, code
 
 
 for path in ("/tokenize", "/detokenize", "/props"):
-    errors.register_envelope(path, llamacpp_error)
+    errors.register_envelope(path, llamacpp_error, LlamaCppError)
 # --8<-- [end:envelope]
 
 

@@ -18,6 +18,7 @@ from ..backends.base import Backend
 from ..protocol_ollama import ChatRequest, EmbeddingsRequest, EmbedRequest, GenerateRequest, ShowRequest
 from ..serving import ollama
 from .deps import BackendDep, introspective, started, unless_disconnected
+from ..serving.types import OllamaError
 
 router = APIRouter(tags=["ollama"])
 
@@ -31,7 +32,7 @@ def ollama_error(status: int, message: str, type: str, param: str | None, code: 
     return {"error": message}
 
 
-errors.register_envelope("/api/", ollama_error)
+errors.register_envelope("/api/", ollama_error, OllamaError)
 # --8<-- [end:envelope]
 
 

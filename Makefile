@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(VENV)/bin/reference-server --check --threads 1   # a build that cannot run here says so now
 	touch $(STAMP)
 
 setup: $(STAMP)           ## create .venv and install everything (llama-cpp-python compiles: ~6 min once)

@@ -114,6 +114,13 @@ def llama_cpp_info() -> dict[str, Any]:
     return {"system_info": text, "backends": backends, "features": features}
 
 
+def cpu_flags() -> list[str]:
+    """AMX and AVX-512 flags the OS reports: why one machine's llama.cpp crashed and another's did not."""
+    from reference_server.native import cpu_flags as flags
+
+    return flags()
+
+
 @lru_cache(maxsize=1)
 def _machine_info() -> str:
     uname = platform.uname()
@@ -131,6 +138,7 @@ def _machine_info() -> str:
         "cores": cores,
         "ram_bytes": ram,
         "packages": package_versions(),
+        "cpu_flags": cpu_flags(),
         "llama_cpp": llama_cpp_info(),
     }
     return json.dumps(info)
@@ -232,14 +240,25 @@ def quantization(path: str | os.PathLike[str]) -> tuple[str, str]:
     return "unknown", "unknown"
 
 
+def private_path(path: Path) -> str:
+    """A path that names no user: under a site-packages folder or the home folder, or the name alone.
+
+    Records get handed in and shared; an absolute path carries a user name and a folder layout.
+    """
+    parts = path.resolve().parts
+    if "site-packages" in parts:
+        return "/".join(("<site-packages>", *parts[parts.index("site-packages") + 1:]))
+    home = Path.home().resolve().parts
+    if len(home) > 1 and parts[:len(home)] == home:
+        return "/".join(("~", *parts[len(home):]))
+    return path.name
+
+
 def model_info(path: str | os.PathLike[str], *, n_ctx: int | None = None,
                n_threads: int | None = None) -> dict[str, Any]:
     p = Path(path)
     quant, source = quantization(p)
-    shown = str(p)
-    home = str(Path.home())
-    if home not in ("", "/") and shown.startswith(home + os.sep):
-        shown = "~" + shown[len(home):]  # logs get shared: keep user names out of them
+    shown = private_path(p)
     return {"file": p.name, "path": shown, "size_bytes": p.stat().st_size, "sha256": sha256_file(p),
             "quantization": quant, "quantization_source": source, "n_ctx": n_ctx, "n_threads": n_threads}
 

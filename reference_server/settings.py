@@ -10,7 +10,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(16, ge=0, description="Requests that may wait for the model before 429.")
     embeddings: bool = Field(True, description="Load a second, mean-pooled context for /v1/embeddings.")
     verbose: bool = Field(False, description="Let llama.cpp log to stderr.")
+    extra_buffers: Literal["auto", "on", "off"] = Field(
+        "auto", description="llama.cpp's extra weight buffers (AMX, REPACK); auto: off on a build with AMX.")
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

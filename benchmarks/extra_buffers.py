@@ -19,7 +19,7 @@ import llama_cpp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from reference_server import native  # noqa: E402
+from reference_server.backends.local import native  # noqa: E402
 from reference_server.settings import embedded_model_path  # noqa: E402
 
 

@@ -45,10 +45,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 import jsonschema  # noqa: E402
 
 from machine import LoadMeter  # noqa: E402
-from reference_server import tools  # noqa: E402
-from reference_server.engine import ChoiceDone, Engine, TextDelta  # noqa: E402
+from reference_server.backends.local import tools  # noqa: E402
+from reference_server.backends.base import ChoiceDone, TextDelta
+from reference_server.backends.local import LocalBackend as Engine  # noqa: E402
 from reference_server.protocol import CreateChatCompletionRequest  # noqa: E402
-from reference_server.routers.chat import template_messages  # noqa: E402
+from reference_server.backends.local.prompts import template_messages  # noqa: E402
 from reference_server.sampling import SamplingParams  # noqa: E402
 from reference_server.settings import Settings  # noqa: E402
 from test_tools import FUNCTIONS, NAMED, REQUIRED, SCHEMAS, STRUCTURED, TOOLS  # noqa: E402

@@ -116,7 +116,7 @@ def llama_cpp_info() -> dict[str, Any]:
 
 def cpu_flags() -> list[str]:
     """AMX and AVX-512 flags the OS reports: why one machine's llama.cpp crashed and another's did not."""
-    from reference_server.native import cpu_flags as flags
+    from reference_server.backends.local.native import cpu_flags as flags
 
     return flags()
 

@@ -70,7 +70,7 @@ def preflight(path: str | os.PathLike[str]) -> None:
     A native crash (llama.cpp faulting on this CPU) would kill the notebook's kernel with no
     word in the notebook. In a child process it becomes this exception, with the reason.
     """
-    from reference_server import native
+    from reference_server.backends.local import native
 
     st = Path(path).stat()
     key = hashlib.sha256(f"{native.system_info()}|{Path(path).resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -97,7 +97,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, n_ctx: int = 1024,
     reference_server/native.py), after a check in a child process (``preflight``).
     """
     import llama_cpp
-    from reference_server import native
+    from reference_server.backends.local import native
 
     n_threads = n_threads or default_threads()
     path = path or embedded_model_path()

@@ -11,33 +11,36 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import errors
-from .auth import require_api_key
-from .engine import Engine
-from .routers import chat, completions, embeddings, health, models
+from .api import chat, completions, embeddings, health, models
+from .api.auth import require_api_key
+from .backends.base import Backend
 from .settings import Settings
 
 log = logging.getLogger("reference_server")
 
 
 # --8<-- [start:create_app]
-def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
+def create_app(settings: Settings | None = None, *, backend: Backend | None = None,
                on_ready: Callable[[Settings], None] | None = None) -> FastAPI:
-    """Builds the app; the model loads in the background when the app starts.
+    """Builds the app; the backend (by default the local llama.cpp one) starts with the app.
 
-    Pass an ``engine`` to share one loaded model between several apps (the tests do);
-    ``on_ready`` runs once the model is loaded (the CLI prints its banner there).
+    Pass a ``backend`` to share one loaded model between several apps (the tests do), or to
+    serve from something else behind the same seam (backends/base.py); ``on_ready`` runs once
+    it has started (the CLI prints its banner there).
     """
     settings = settings or Settings()
-    engine = engine or Engine(settings)
+    if backend is None:
+        from .backends.local import LocalBackend
+        backend = LocalBackend(settings)
 
     # --8<-- [start:lifespan]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                await engine.start()
+                await backend.start()
             except Exception:
-                log.error("model failed to load: %s", engine.error)
+                log.error("model failed to load: %s", getattr(backend, "error", "see above"))
                 return
             if on_ready:
                 on_ready(settings)
@@ -47,7 +50,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     # --8<-- [end:lifespan]
 
     app = FastAPI(title="llama.cpp OpenAI-compatible reference server", version="0.1.0", lifespan=lifespan)
-    app.state.settings, app.state.engine = settings, engine
+    app.state.settings, app.state.backend = settings, backend
     errors.install(app)
     # --8<-- [start:mount_routers]
     if settings.cors_origins:

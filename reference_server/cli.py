@@ -104,23 +104,23 @@ def listen_socket(host: str, port: int) -> socket.socket:
 # --8<-- [start:check]
 def check(settings: Settings) -> int:
     """``reference-server --check``: the start-up self-check alone, with a verdict in words."""
-    from . import native
-    from .engine import Engine
+    from .backends.local import LocalBackend, native
 
-    engine = Engine(settings)
+
+    backend = LocalBackend(settings)
     try:
-        engine.load()
+        backend.load()
     except Exception:
-        print(f"reference-server --check: FAILED: {engine.error}\n  The model could not be loaded and run "
+        print(f"reference-server --check: FAILED: {backend.error}\n  The model could not be loaded and run "
               f"on this machine. If the file is a download, fetch it again; if the embedded model fails, "
               f"reinstall with `make clean setup`. See {native.TROUBLESHOOTING}.", file=sys.stderr)
         return 1
-    c = engine.self_check or {}
-    buffers = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in engine.weight_buffers.items()) or "unknown"
+    c = backend.self_check or {}
+    buffers = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in backend.weight_buffers.items()) or "unknown"
     embedding = f", an embedding of {c['embedding_dimensions']} dimensions" if c.get("embedding_dimensions") else ""
     print(f"reference-server --check: ok: {settings.served_model_id} generated {c['generated_tokens']} tokens "
           f"from a {c['prompt_tokens']}-token prompt{embedding} in {c['seconds']:.2f} s.\n"
-          f"  weights in: {buffers} (extra buffers {'on' if engine.extra_buffers else 'off'})\n"
+          f"  weights in: {buffers} (extra buffers {'on' if backend.extra_buffers else 'off'})\n"
           f"  llama.cpp: {native.system_info()}")
     return 0
 # --8<-- [end:check]

@@ -119,6 +119,8 @@ _CONTENT_PART_TYPE = re.compile(r"messages\[\d+\]\.content\[\d+\]\.type")
 
 
 def _validation_message(err: dict[str, Any], param: str | None) -> str:
+    if err.get("type") == "cross_field":  # a rule between two fields (protocol.py): its own words
+        return str(err.get("msg"))
     if err.get("type") == "union_tag_invalid":  # e.g. an unknown message role
         ctx = err.get("ctx", {})
         return f"Invalid value for '{param}': {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}."

@@ -2,15 +2,17 @@
 
 Validation ranges follow the spec, so a bad value is refused here with a 400 that names the
 field. Top-level unknown fields are refused as OpenAI does ("Unrecognized request argument");
-fields the spec defines but a local model cannot honour are accepted and ignored, and listed
-in ``IGNORED_FIELDS`` so the course can say so.
+fields the spec defines but a local model cannot honour are declared, accepted and ignored
+(the ``ignored_fields`` section of ``CreateChatCompletionRequest``). Rules that tie two fields
+together are validators on the field that breaks them, so the 400 names that field.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 # --8<-- [start:body_config]
@@ -197,19 +199,19 @@ class _Sampling(_Body):
     min_p: float | None = Field(None, ge=0, le=1)
     repeat_penalty: float | None = Field(None, gt=0)
 
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: StreamOptions | None, info: ValidationInfo) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise PydanticCustomError("cross_field",
+                                      "The 'stream_options' parameter is only allowed when 'stream' is enabled.")
+        return value
+
     def stop_list(self) -> list[str]:
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
 # --8<-- [end:sampling_fields]
-
-
-# Spec fields with no meaning for a local model: accepted, ignored.
-# --8<-- [start:ignored_fields]
-IGNORED_FIELDS = ("store", "metadata", "service_tier", "prediction", "web_search_options",
-                  "reasoning_effort", "verbosity", "safety_identifier", "prompt_cache_key",
-                  "prompt_cache_retention", "prompt_cache_options", "moderation")
-# --8<-- [end:ignored_fields]
 
 
 # --8<-- [start:chat_request]
@@ -227,6 +229,8 @@ class CreateChatCompletionRequest(_Sampling):
     audio: Any = None
     functions: Any = None
     function_call: Any = None
+    # --8<-- [start:ignored_fields]
+    # In the spec, meaningless for a local model: accepted (validated as typed) and ignored.
     store: bool | None = None
     metadata: dict[str, str] | None = None
     service_tier: str | None = None
@@ -239,6 +243,16 @@ class CreateChatCompletionRequest(_Sampling):
     prompt_cache_retention: str | None = None
     prompt_cache_options: Any = None
     moderation: Any = None
+    # --8<-- [end:ignored_fields]
+
+    # --8<-- [start:cross_field]
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise PydanticCustomError("cross_field", "'top_logprobs' requires 'logprobs' to be true.")
+        return value
+    # --8<-- [end:cross_field]
 
     @property
     def token_limit(self) -> int | None:

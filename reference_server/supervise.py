@@ -31,7 +31,7 @@ def is_child() -> bool:
 
 def run(command: Sequence[str]) -> int:
     """Runs ``command`` as the supervised child; returns the exit status to exit with."""
-    from .native import crash_hint
+    from .backends.local.native import crash_hint
 
     env = {**os.environ, CHILD_ENV: str(os.getpid())}
     child = subprocess.Popen(list(command), env=env)

@@ -27,7 +27,7 @@ from jsonschema.exceptions import best_match
 import openai_spec
 import schemas
 from reference_server import Settings, create_app
-from reference_server.engine import Engine
+from reference_server.backends.local import LocalBackend as Engine
 
 MODEL = "SmolLM2-135M-Instruct"
 N_CTX = 2048
@@ -139,7 +139,7 @@ class RunningServer:
 
 
 def start_server(settings: Settings, engine: Engine | None = None) -> RunningServer:
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, backend=engine)
     contract = ContractCheck(app)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so TCP_NODELAY
     sock.bind(("127.0.0.1", 0))

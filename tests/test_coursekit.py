@@ -256,10 +256,10 @@ def test_error_mapping_feedback_says_which_situation_and_why() -> None:
 def test_lab1_expectations_are_the_reference_servers() -> None:
     from reference_server import Settings, create_app
     from reference_server import errors as ref
-    from reference_server.engine import Engine
+    from reference_server.backends.local import LocalBackend as Engine
 
     settings = Settings(embeddings=False)
-    app = create_app(settings, engine=Engine(settings))
+    app = create_app(settings, backend=Engine(settings))
     routes = {(method.upper(), re.sub(r"\{[^}]*\}", "{id}", path))
               for path, operations in app.openapi()["paths"].items() for method in operations}
     assert routes == set(api_design.EXPECTED_ROUTES)

@@ -7,7 +7,8 @@ import gc
 
 import pytest
 
-from reference_server.engine import ChoiceDone, Engine, TextDelta
+from reference_server.backends.base import ChoiceDone, TextDelta, Timings
+from reference_server.backends.local import LocalBackend as Engine
 from reference_server.errors import APIError
 from reference_server.sampling import SamplingParams
 
@@ -29,7 +30,8 @@ def test_a_dropped_handle_frees_its_place_in_the_queue(settings):
         return events
 
     events = asyncio.run(go())
-    assert isinstance(events[-1], ChoiceDone) and events[-1].completion_tokens <= 3
+    assert isinstance(events[-2], ChoiceDone) and events[-2].completion_tokens <= 3
+    assert isinstance(events[-1], Timings) and events[-1].prompt_tokens == len(prompt)
     assert engine.stats["cancelled"] >= 5
 
 

@@ -15,8 +15,8 @@ import llama_cpp
 import pytest
 
 from coursekit.model import NativeCrash, preflight
-from reference_server import native
-from reference_server.engine import Engine
+from reference_server.backends.local import native
+from reference_server.backends.local import LocalBackend as Engine
 from reference_server.settings import embedded_model_path
 
 CMD = [sys.executable, "-m", "reference_server"]

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from conftest import EOG_TOKENS, MODEL, N_CTX, start_server
 from reference_server import create_app
-from reference_server.engine import Engine
+from reference_server.backends.local import LocalBackend as Engine
 
 CHAT = "/v1/chat/completions"
 HI = [{"role": "user", "content": "Hi"}]
@@ -182,7 +182,7 @@ def test_api_keys(settings, engine):
 
 
 def test_cors_is_configurable(settings, engine):
-    app = create_app(settings.model_copy(update={"cors_origins": ["http://localhost:3000"]}), engine=engine)
+    app = create_app(settings.model_copy(update={"cors_origins": ["http://localhost:3000"]}), backend=engine)
     with TestClient(app) as tc:
         pre = tc.options("/v1/chat/completions", headers={
             "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
@@ -191,14 +191,14 @@ def test_cors_is_configurable(settings, engine):
         assert pre.headers["access-control-allow-origin"] == "http://localhost:3000"
         other = tc.get("/v1/models", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in other.headers
-    with TestClient(create_app(settings, engine=engine)) as tc:  # off by default
+    with TestClient(create_app(settings, backend=engine)) as tc:  # off by default
         assert "access-control-allow-origin" not in tc.get("/v1/models", headers={"Origin": "http://x"}).headers
 
 
 def test_503_while_the_model_loads(settings):
     """An engine that has not loaded yet: health and every endpoint say 503, then recover."""
     engine = Engine(settings)
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, backend=engine)
     tc = TestClient(app)  # not entered: the lifespan (which would start loading) does not run
     envelope(tc.get("/health"), 503, code="model_loading", type="server_error")
     r = tc.post(CHAT, json={"model": MODEL, "messages": HI})
@@ -210,7 +210,7 @@ def test_503_while_the_model_loads(settings):
 
 
 def test_unexpected_error_is_500_without_traceback(settings, engine, monkeypatch):
-    app = create_app(settings, engine=engine)
+    app = create_app(settings, backend=engine)
     monkeypatch.setattr(engine, "render_chat", lambda messages: 1 / 0)
     with TestClient(app, raise_server_exceptions=False) as tc:
         err = envelope(tc.post(CHAT, json={"model": MODEL, "messages": HI}), 500, type="server_error")

@@ -17,9 +17,10 @@ import openai
 import pytest
 
 from conftest import MODEL
-from reference_server import grammars, tools
-from reference_server.engine import Engine
-from reference_server.grammars import UnsupportedSchema, integer_range, number_range, schema_rules
+from reference_server.backends.base import TextDelta, ToolCallDelta
+from reference_server.backends.local import grammars, tools
+from reference_server.backends.local import LocalBackend as Engine
+from reference_server.backends.local.grammars import UnsupportedSchema, integer_range, number_range, schema_rules
 
 FUNCTIONS = {
     "get_weather": ("Get the current weather in a city", {
@@ -300,9 +301,9 @@ def _generate_both_ways(engine: Engine, body: dict, params: dict) -> tuple[str, 
     """The same request with the prefilter off and on; returns both texts and the step counts."""
     import asyncio
 
-    from reference_server.engine import TextDelta
+    from reference_server.backends.base import TextDelta
     from reference_server.protocol import CreateChatCompletionRequest
-    from reference_server.routers.chat import template_messages
+    from reference_server.backends.local.prompts import template_messages
     from reference_server.sampling import SamplingParams
 
     request = CreateChatCompletionRequest(model=MODEL, **body)
@@ -350,7 +351,7 @@ def test_grammar_prefilter_rules():
     """When checking only the K likeliest tokens is known to pick what the full check picks."""
     import numpy as np
 
-    from reference_server.grammar_filter import K, same_choice
+    from reference_server.backends.local.grammar_filter import K, same_choice
     from reference_server.sampling import SamplingParams
 
     logits = np.linspace(10.0, 0.0, K).astype(np.single)  # the K likeliest, best first
@@ -558,29 +559,38 @@ def test_rename_leaves_literals_classes_and_counts_alone():
         'p-space "space" [a-z]{2,3} (p-space | p-x)* "\\"space\\""'
 
 
+def _calls(events) -> list[tuple[str, str]]:
+    """(name, arguments) per call, assembled from ToolCallDelta events as a client would."""
+    calls: list[list[str]] = []
+    for e in events:
+        if e.id is not None:
+            calls.append([e.name, ""])
+        calls[e.call][1] += e.arguments
+    return [tuple(c) for c in calls]
+
+
 def test_scanner_reads_the_same_calls_from_any_chunking():
     text = ('<tool_call>[{"name": "book_table", "arguments": {"restaurant": "Chez \\"Al\\" {x}", "people": 2}}, '
             '{"name":"get_weather","arguments":{"city":"Nice","unit":"celsius"}}]</tool_call>')
-    whole = tools.ToolCallReply(may_answer=False)
-    whole.feed(text)
-    assert [(c["name"], json.loads(c["arguments"])) for c in whole.calls] == [
+    whole = tools.ToolCallReply(0, may_answer=False)
+    calls = _calls(whole.feed(text))
+    assert [(name, json.loads(args)) for name, args in calls] == [
         ("book_table", {"restaurant": 'Chez "Al" {x}', "people": 2}),
         ("get_weather", {"city": "Nice", "unit": "celsius"})]
     for size in (1, 2, 3, 7):
-        reply = tools.ToolCallReply(may_answer=False)
-        deltas = [d for i in range(0, len(text), size) for d in reply.feed(text[i:i + size])]
-        assert [(c["name"], c["arguments"]) for c in reply.calls] == \
-            [(c["name"], c["arguments"]) for c in whole.calls]
-        firsts = [d["tool_calls"][0] for d in deltas if "id" in d["tool_calls"][0]]
-        assert [f["index"] for f in firsts] == [0, 1] and all(f["function"]["arguments"] == "" for f in firsts)
-    assert whole.message()["content"] is None and whole.finish_reason("stop") == "tool_calls"
+        reply = tools.ToolCallReply(0, may_answer=False)
+        events = [e for i in range(0, len(text), size) for e in reply.feed(text[i:i + size])]
+        assert _calls(events) == calls
+        firsts = [e for e in events if e.id is not None]
+        assert [f.call for f in firsts] == [0, 1] and all(f.arguments == "" for f in firsts)
+        assert all(isinstance(e, ToolCallDelta) and e.index == 0 for e in events)
+    assert whole.finish_reason("stop") == "tool_calls" and whole.finish_reason("length") == "length"
 
 
 def test_scanner_in_auto_mode_reads_an_empty_list_as_an_answer():
-    reply = tools.ToolCallReply(may_answer=True)
-    deltas = reply.feed("<tool_call>") + reply.feed("[]") + reply.feed("Hello") + reply.feed(" there")
-    assert deltas == [{"content": "Hello"}, {"content": " there"}]
-    assert reply.message() == {"role": "assistant", "content": "Hello there", "refusal": None}
+    reply = tools.ToolCallReply(2, may_answer=True)
+    events = reply.feed("<tool_call>") + reply.feed("[]") + reply.feed("Hello") + reply.feed(" there")
+    assert events == [TextDelta(2, "Hello"), TextDelta(2, " there")]
     assert reply.finish_reason("stop") == "stop"
 
 

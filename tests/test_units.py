@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 
-from reference_server.engine import encode_base64
+from reference_server.serving.common import encode_base64
 from reference_server.errors import loc_to_param
 from reference_server.sampling import StopMatcher
 from reference_server.settings import Settings

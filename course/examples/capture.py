@@ -32,7 +32,7 @@ import openai
 import uvicorn
 
 from reference_server import Settings, create_app
-from reference_server.engine import Engine
+from reference_server.backends.local import LocalBackend as Engine
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -55,7 +55,7 @@ class Server:
     """One uvicorn server in a thread, on a free port of 127.0.0.1."""
 
     def __init__(self, settings: Settings, engine: Engine | None = None, wait: bool = True) -> None:
-        self.app = create_app(settings, engine=engine)
+        self.app = create_app(settings, backend=engine)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # so TCP_NODELAY
         sock.bind(("127.0.0.1", 0))
         self.root = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -200,7 +200,7 @@ def errors(srv: Server, settings: Settings, engine: Engine) -> None:
     secured.stop()
 
     # 503: an app whose lifespan has not run has an engine still "loading".
-    loading = create_app(settings, engine=Engine(settings))
+    loading = create_app(settings, backend=Engine(settings))
 
     async def probe() -> httpx.Response:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=loading), base_url="http://x") as c:
@@ -433,8 +433,8 @@ def tools(srv: Server) -> None:
                    "called_when_not_needed": f"{sum(d['called'] for d in others)}/{len(others)}"}
         save("tools_auto_summary.json", summary)
         save("tools_auto_decisions.json", {"summary": summary, "requests": decided})
-    from reference_server import tools as tools_module
-    from reference_server.engine import Engine as E
+    from reference_server.backends.local import tools as tools_module
+    from reference_server.backends.local import LocalBackend as E
     from reference_server.protocol import CreateChatCompletionRequest
 
     save("tools_grammar_converter.gbnf", E.grammar_from_json_schema(weather["function"]["parameters"]))

@@ -1,0 +1,1 @@
+"""Backends: what generates behind the HTTP layer (base.py is the seam)."""

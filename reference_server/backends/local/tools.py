@@ -1,53 +1,14 @@
 """Tool calling and JSON modes, for a model whose chat template knows neither.
 
-routers/chat.py runs every chat request through ``plan``: what to add to the prompt, which
-grammar constrains the output, and how the output is read back as ``content`` or
-``tool_calls`` (``ToolCallReply``). A request without tools or a response_format gets a plan
-that changes nothing.
+``plan`` turns a chat request's tools, tool_choice and response_format into a ``Plan``: text
+for the system message, a llama.cpp grammar that constrains the output, and how the output is
+read back (``ToolCallReply``, which turns the model's ``<tool_call>[...]`` text into content and
+tool-call events). A request without tools or a response_format gets a plan that changes
+nothing. Every mode is enforced by a grammar, never hoped for; a schema the grammar cannot
+enforce, and anything else wrong with tools, is a 400 naming the parameter.
 
-**Prompt.** SmolLM2's template has no tool support, so the system message describes the
-tools (name, description, JSON Schema of the arguments) and the call format SmolLM2's own
-tool template uses, ``<tool_call>[{"name": ..., "arguments": {...}}]</tool_call>``, where an
-empty list means "no call". Assistant messages with ``tool_calls`` are written back in that
-format and ``tool`` messages become ``tool`` turns (ChatML takes any role; SmolLM2-135M
-answers from them more often than from the ``<tool_response>`` user turns of that template,
-which it tends to echo).
-
-**A grammar, never hope.** Each mode is a llama.cpp grammar (grammars.py turns the JSON
-Schemas into GBNF and refuses, with a 400, what it cannot enforce):
-
-- named ``tool_choice``: one call, to that function (the only tool the prompt shows);
-- ``required``: one or more calls; each is an alternation over the tools, each tool with its
-  own arguments grammar;
-- ``auto``, in two steps. Step 1 is the call grammar with the list allowed to be empty: the
-  model decides in the format it knows. If it calls, that is the reply. If the list is empty,
-  step 2 answers as ``none`` would, without the tools in the prompt. (Letting one grammar
-  choose between a call and free text fails on a small model: SmolLM2-135M then almost never
-  calls; and text generated after an empty list is degraded.) Both steps are queued at once,
-  so the answer does not wait behind other requests; step 2 is cancelled as soon as a call
-  starts. The grammar guarantees the shape, not the judgement: a 135M model often calls when
-  it should not, or calls the wrong tool (benchmarks/grammar_overhead.py counts how often).
-  Use ``required`` or a named choice when a call must happen. One rule overrides the model:
-  right after tool results (the last message is a ``tool`` message), ``auto`` answers. Asked
-  to decide there, SmolLM2-135M calls the same tool again, every time, and a client loop
-  would never end; send ``required`` to chain calls.
-- ``none``: no grammar, and the tools stay out of the prompt: describing a call format the
-  model may not use only invites a small model to write calls as text. Calls and results
-  already in the conversation are still shown.
-- ``response_format``: ``json_object`` is a grammar for any JSON object, ``json_schema`` one for
-  the schema (``strict`` or not: always enforced). With ``auto`` it constrains step 2.
-
-**parallel_tool_calls** is honoured: true (OpenAI's default) lets the list hold up to
-``MAX_PARALLEL_CALLS`` calls, false exactly one. Nothing is refused, so clients that always
-send it keep working. A named tool_choice makes exactly one call.
-
-**Budget.** A grammar closes the JSON only if it may finish, so without max_tokens these modes
-stop at ``DEFAULT_MAX_TOKENS`` rather than at the end of the context. If the budget runs out
-first, finish_reason is "length" and the JSON is cut, as with OpenAI. Stop sequences do not
-apply to grammar-constrained output (a cut would break the JSON); logprobs are refused with
-tools. With ``auto``, usage counts both steps' completion tokens but only the first prompt.
-
-Unlike OpenAI, finish_reason is "tool_calls" after a named tool_choice too (OpenAI: "stop").
+How each mode is prompted and constrained, and why (auto's two steps, what a 135M model does
+with tools, budgets, stop sequences, parallel calls), is in chapter 7's "How the server does it".
 """
 
 from __future__ import annotations
@@ -59,17 +20,20 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
-from . import errors
-from .engine import ChoiceDone, Engine, Event, TextDelta
+from ... import errors
+from ...protocol import (AssistantMessage, ChatCompletionAllowedToolsChoice, ChatCompletionNamedToolChoice,
+                         ChatCompletionNamedToolChoiceCustom, CreateChatCompletionRequest, ToolMessage,
+                         content_text)
+from ...sampling import SamplingParams
+from ..base import ChoiceDone, Event, Events, TextDelta, Timings, ToolCallDelta
 from .grammars import Rules, UnsupportedSchema, schema_rules
-from .protocol import (AssistantMessage, ChatCompletionAllowedToolsChoice, ChatCompletionNamedToolChoice,
-                       ChatCompletionNamedToolChoiceCustom, CreateChatCompletionRequest, ToolMessage,
-                       content_text)
-from .sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from .backend import LocalBackend
 
 DEFAULT_MAX_TOKENS = 512  # tool calls and JSON replies when the client sets no max_tokens
 MAX_PARALLEL_CALLS = 8
@@ -112,22 +76,23 @@ class Plan:
             return params
         return dataclasses.replace(params, grammar=self.grammar, stop=())
 
-    def generate(self, engine: Engine, prompt: list[int], params: SamplingParams,
+    def generate(self, backend: LocalBackend, prompt: list[int], params: SamplingParams,
                  render: Callable[[str], list[int]]) -> AsyncIterator[Event]:
         """Queues the generation (both steps with ``auto``); ``render`` makes a prompt from instructions."""
-        first = engine.generate(prompt, self._constrain(params))
+        first = backend.generate(prompt, self._constrain(params))
         if self.answer is None:
             return first
         try:
-            answer = engine.generate(render(self.answer.instructions), self.answer._constrain(params))
+            answer = backend.generate(render(self.answer.instructions), self.answer._constrain(params))
         except BaseException:
             first.cancel.set()
             raise
         return _answer_unless_called(first, answer, params.n)
 
-    def new_reply(self) -> "TextReply":
-        """What reads one choice's output back: a tool-call parser when calls are possible."""
-        return ToolCallReply(may_answer=self.answer is not None) if self.calls else TextReply()
+    @property
+    def calls_only(self) -> bool:
+        """The reply can only be tool calls (named or required): its content is null."""
+        return self.calls and self.answer is None
 
 
 @dataclass
@@ -139,11 +104,11 @@ class _Tool:
 
 
 # --8<-- [start:plan]
-def plan(engine: Engine, body: CreateChatCompletionRequest) -> Plan:
+def plan(backend: LocalBackend, body: CreateChatCompletionRequest) -> Plan:
     """Validates tools, tool_choice, response_format and the tool messages; 400 on anything wrong."""
     _check_tool_messages(body)
-    choice, tools = _tool_choice(body, _tools(engine, body))
-    content = _response_format(engine, body)
+    choice, tools = _tool_choice(body, _tools(backend, body))
+    content = _response_format(backend, body)
     answer = Plan(instructions=_format_instructions(body) if content else "",
                   grammar=content.gbnf() if content else None,
                   default_max_tokens=DEFAULT_MAX_TOKENS if content else None)
@@ -165,7 +130,7 @@ def plan(engine: Engine, body: CreateChatCompletionRequest) -> Plan:
 # --8<-- [end:plan]
 
 
-def _tools(engine: Engine, body: CreateChatCompletionRequest) -> list[_Tool]:
+def _tools(backend: LocalBackend, body: CreateChatCompletionRequest) -> list[_Tool]:
     out: list[_Tool] = []
     for i, tool in enumerate(body.tools or []):
         fn, where = tool.function, f"tools[{i}].function"
@@ -175,7 +140,7 @@ def _tools(engine: Engine, body: CreateChatCompletionRequest) -> list[_Tool]:
         if params.get("type") != "object":
             raise errors.invalid_request(f"Invalid schema for function {fn.name!r}: 'parameters' must be a JSON "
                                          "Schema of type 'object'.", param=f"{where}.parameters")
-        rules = _schema_rules(engine, params, f"t{i}-", f"{where}.parameters",
+        rules = _schema_rules(backend, params, f"t{i}-", f"{where}.parameters",
                               f"Invalid schema for function {fn.name!r}")
         out.append(_Tool(fn.name, fn.description or "", params, rules))
     return out
@@ -211,14 +176,14 @@ def _tool_choice(body: CreateChatCompletionRequest, tools: list[_Tool]) -> tuple
     return choice, tools
 
 
-def _response_format(engine: Engine, body: CreateChatCompletionRequest) -> Rules | None:
+def _response_format(backend: LocalBackend, body: CreateChatCompletionRequest) -> Rules | None:
     fmt = body.response_format
     if fmt is None or fmt.type == "text":
         return None
     schema = {"type": "object"}
     if fmt.type == "json_schema" and fmt.json_schema.schema_ is not None:
         schema = fmt.json_schema.schema_
-    return _schema_rules(engine, schema, "json-", "response_format.json_schema.schema",
+    return _schema_rules(backend, schema, "json-", "response_format.json_schema.schema",
                          "Invalid schema for response_format")
 
 
@@ -231,9 +196,9 @@ def _format_instructions(body: CreateChatCompletionRequest) -> str:
     return "Answer with a JSON object."
 
 
-def _schema_rules(engine: Engine, schema: dict[str, Any], prefix: str, param: str, what: str) -> Rules:
+def _schema_rules(backend: LocalBackend, schema: dict[str, Any], prefix: str, param: str, what: str) -> Rules:
     try:
-        return _checked_rules(json.dumps(schema), prefix, engine.grammar_from_json_schema)
+        return _checked_rules(json.dumps(schema), prefix, backend.grammar_from_json_schema)
     except jsonschema.SchemaError as exc:
         raise errors.invalid_request(f"{what}: not a valid JSON Schema: {exc.message}", param=param) from exc
     except UnsupportedSchema as exc:
@@ -285,6 +250,9 @@ async def _answer_unless_called(first: AsyncIterator[Event], answer: AsyncIterat
     spent = [0] * n
     try:
         async for event in first:
+            if isinstance(event, Timings):
+                yield event
+                continue
             i = event.index
             if isinstance(event, ChoiceDone):
                 if called[i] is False:
@@ -307,7 +275,7 @@ async def _answer_unless_called(first: AsyncIterator[Event], answer: AsyncIterat
         if all(called):
             return
         async for event in answer:
-            if called[event.index] is False:
+            if isinstance(event, Timings) or called[event.index] is False:
                 if isinstance(event, ChoiceDone):  # usage counts both steps
                     both = event.completion_tokens + spent[event.index]
                     event = dataclasses.replace(event, completion_tokens=both)
@@ -342,31 +310,27 @@ def _arguments(text: str) -> Any:
 
 # ---- reading the output back --------------------------------------------------------------------
 
-class TextReply:
-    """One choice's output, fed as it is generated: here, all of it is the message content."""
-
-    opening: dict[str, Any] = {"role": "assistant", "content": "", "refusal": None}  # the stream's first delta
-
-    def __init__(self) -> None:
-        self.content = ""
-
-    def feed(self, text: str) -> list[dict[str, Any]]:
-        """Deltas (chat.completion.chunk ``delta`` objects) for the new text."""
-        self.content += text
-        return [{"content": text}]
-
-    def message(self) -> dict[str, Any]:
-        return {"role": "assistant", "content": self.content, "refusal": None}
-
-    def finish_reason(self, reason: str) -> str:
-        return reason
-
-
 _CALL_HEAD = re.compile(r'\{ ?"name" ?: ?"([A-Za-z0-9_-]+)" ?, ?"arguments" ?: ?(?=\S)')
 
 
+async def read_calls(events: Events, plan: Plan, n: int) -> AsyncIterator[Event]:
+    """The model's text as content and tool-call events, choice by choice (``ToolCallReply``)."""
+    replies = [ToolCallReply(i, may_answer=plan.answer is not None) for i in range(n)]
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                for out in replies[event.index].feed(event.text):
+                    yield out
+            elif isinstance(event, ChoiceDone):
+                yield dataclasses.replace(event, finish_reason=replies[event.index].finish_reason(event.finish_reason))
+            else:
+                yield event
+    finally:
+        await events.aclose()
+
+
 # --8<-- [start:tool_call_reply]
-class ToolCallReply(TextReply):
+class ToolCallReply:
     """One choice's output, fed as it is generated, read as an answer or as tool calls.
 
     The grammar fixes the shape, so a small scanner suffices. With ``auto``, the character
@@ -376,15 +340,14 @@ class ToolCallReply(TextReply):
     them. Streams and plain responses use the same scanner, so they cannot disagree.
     """
 
-    def __init__(self, may_answer: bool) -> None:
+    def __init__(self, index: int, may_answer: bool) -> None:
+        self.index = index
         self.mode: str | None = None if may_answer else "calls"  # None until the list opens
-        self.content = ""
-        self.calls: list[dict[str, Any]] = []
-        self.opening = {"role": "assistant", "content": "" if may_answer else None, "refusal": None}
+        self.calls = 0
         self._buf, self._pos, self._state = "", 0, "between"
         self._depth, self._in_string, self._escaped = 0, False, False
 
-    def feed(self, text: str) -> list[dict[str, Any]]:
+    def feed(self, text: str) -> list[Event]:
         if self.mode is None:  # auto: "<tool_call>[" then "]" (no call: an answer follows) or a call
             self._buf += text
             decided = self._buf[len(CALL_OPEN) + 1:]
@@ -393,10 +356,9 @@ class ToolCallReply(TextReply):
             self.mode = "answer" if decided[0] == "]" else "calls"
             text = decided[1:] if self.mode == "answer" else ""
         if self.mode == "answer":
-            self.content += text
-            return [{"content": text}] if text else []
+            return [TextDelta(self.index, text)] if text else []
         self._buf += text
-        out: list[dict[str, Any]] = []
+        out: list[Event] = []
         while self._pos < len(self._buf) and self._state != "done":
             if self._state == "between":
                 c = self._buf[self._pos]
@@ -409,18 +371,15 @@ class ToolCallReply(TextReply):
                 head = _CALL_HEAD.match(self._buf, self._pos)
                 if head is None:
                     break  # the rest of the head has not been generated yet
-                call = {"id": f"call_{uuid.uuid4().hex[:24]}", "name": head.group(1), "arguments": ""}
-                self.calls.append(call)
-                out.append({"tool_calls": [{"index": len(self.calls) - 1, "id": call["id"], "type": "function",
-                                            "function": {"name": call["name"], "arguments": ""}}]})
+                out.append(ToolCallDelta(self.index, self.calls, f"call_{uuid.uuid4().hex[:24]}", head.group(1)))
+                self.calls += 1
                 self._pos, self._state = head.end(), "arguments"
             else:
                 start = self._pos
                 self._scan_arguments()
                 piece = self._buf[start:self._pos]
-                self.calls[-1]["arguments"] += piece
                 if piece:
-                    out.append({"tool_calls": [{"index": len(self.calls) - 1, "function": {"arguments": piece}}]})
+                    out.append(ToolCallDelta(self.index, self.calls - 1, arguments=piece))
         return out
 
     def _scan_arguments(self) -> None:
@@ -444,13 +403,6 @@ class ToolCallReply(TextReply):
                 if self._depth == 0:
                     self._state = "between"
                     return
-
-    def message(self) -> dict[str, Any]:
-        if not self.calls:
-            return super().message()
-        return {"role": "assistant", "content": None, "refusal": None,
-                "tool_calls": [{"id": c["id"], "type": "function",
-                                "function": {"name": c["name"], "arguments": c["arguments"]}} for c in self.calls]}
 
     def finish_reason(self, reason: str) -> str:
         return "tool_calls" if self.calls and reason == "stop" else reason

@@ -1,24 +1,37 @@
-"""Request-scoped helpers shared by the routers."""
+"""Request-scoped helpers shared by the routers: the backend, readiness, the model check, disconnects."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
-from ..engine import Engine
+from .. import errors
+from ..backends.base import Backend
 from ..errors import error_body
 
 T = TypeVar("T")
 
 
-# --8<-- [start:get_engine]
-def get_engine(request: Request) -> Engine:
-    return request.app.state.engine
-# --8<-- [end:get_engine]
+# --8<-- [start:get_backend]
+def get_backend(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+BackendDep = Annotated[Backend, Depends(get_backend)]
+
+# --8<-- [end:get_backend]
+
+
+# --8<-- [start:require_model]
+def require_model(backend: Backend, requested: str) -> None:
+    """Unknown names are refused with 404, never silently mapped to the loaded model."""
+    if all(card.id != requested for card in backend.models()):
+        raise errors.model_not_found(requested)
+# --8<-- [end:require_model]
 
 
 # --8<-- [start:unless_disconnected]

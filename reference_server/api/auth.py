@@ -6,7 +6,7 @@ import secrets
 
 from fastapi import Request
 
-from .errors import APIError
+from ..errors import APIError
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 

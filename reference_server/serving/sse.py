@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi.sse import EventSourceResponse, format_sse_event
 
-from .errors import APIError, error_body
+from ..errors import APIError, error_body
 
 log = logging.getLogger("reference_server")
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .sampling import SamplingParams
+from ...sampling import SamplingParams
 
 K = 128  # tokens checked first; the top_k rule needs top_k <= K
 

@@ -1,0 +1,188 @@
+"""The two seams, and the events that cross them.
+
+``Backend`` is request-level: the HTTP layer (api/) hands it a validated OpenAI request and
+gets back a ``Run``, an async stream of events plus what a response needs. The local llama.cpp
+backend (backends/local/) implements it; so do the scripted fake (backends/scripted.py) and,
+later, an upstream gateway. Nothing above this seam knows llama.cpp exists.
+
+``Runner`` is token-level and lives inside the local backend: it takes token ids and
+``SamplingParams`` and streams the same events. The serial runner decodes one sequence at a
+time; a batching runner can decode many per step. Both share the per-sequence bookkeeping in
+backends/local/sequence.py.
+
+Events are plain dataclasses, rendered into each wire format by serving/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ..protocol import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
+    from ..sampling import SamplingParams
+
+
+# --8<-- [start:events]
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list["TokenLogprob"] = field(default_factory=list)
+
+
+@dataclass
+class TextDelta:
+    """New text for choice ``index``; ``logprobs`` covers the tokens sampled since the last delta."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class ToolCallDelta:
+    """Part of tool call number ``call`` of choice ``index``: first its id and name, then arguments."""
+
+    index: int
+    call: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass
+class ChoiceDone:
+    index: int
+    finish_reason: str  # "stop" | "length" | "tool_calls"
+    completion_tokens: int
+
+
+@dataclass
+class Timings:
+    """Once per generation, before it ends: what it cost (Ollama and llama.cpp report these)."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0   # prompt tokens whose KV cells were reused, not evaluated
+    prompt_ms: float = 0.0
+    decode_ms: float = 0.0
+
+
+Event = TextDelta | ToolCallDelta | ChoiceDone | Timings
+# --8<-- [end:events]
+
+
+# --8<-- [start:generation_handle]
+class Generation:
+    """A queued generation: an async iterator of events; ``aclose()`` cancels it.
+
+    The producer (a runner's thread) calls ``emit`` with events, an exception to hand to the
+    request, or None at the end. The consumer iterates. ``cancel`` is set when the consumer
+    goes away, and the producer checks it after every token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._queue: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
+        self.cancel = threading.Event()
+        queue = self._queue
+
+        def emit(item: Event | BaseException | None) -> None:
+            # Called from the worker thread. Holds the queue, not the handle, so dropping the
+            # handle lets it be collected (and cancel) while the job still runs.
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        self.emit = emit
+
+    def __aiter__(self) -> "Generation":
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            item = await self._queue.get()
+        except BaseException:  # cancelled while waiting: the client is gone
+            self.cancel.set()
+            raise
+        if item is None:
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def aclose(self) -> None:
+        self.cancel.set()
+
+    def __del__(self) -> None:
+        self.cancel.set()
+# --8<-- [end:generation_handle]
+
+
+class Events(Protocol):
+    """What a Run's events are: an async iterator that can be closed early (cancelling the work)."""
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+    async def aclose(self) -> None: ...
+
+
+# --8<-- [start:run]
+@dataclass(frozen=True)
+class Run:
+    """One prompt's generation, started (queued) by a backend, and what its response needs."""
+
+    events: Events
+    prompt_tokens: int
+    n: int = 1
+    calls_only: bool = False  # the reply can only be tool calls: content is null, not ""
+    echo: str = ""            # /v1/completions with echo: the prompt text, sent before the output
+
+
+@dataclass(frozen=True)
+class Embedded:
+    vectors: list[list[float]]
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    id: str
+    created: int
+    owned_by: str = "local"
+# --8<-- [end:run]
+
+
+# --8<-- [start:backend]
+class Backend(Protocol):
+    """What the HTTP layer needs from whatever generates.
+
+    ``chat`` and ``complete`` validate what only the backend can judge (the context window,
+    token ids, tools) and queue the work before returning, so a full queue is a 429 before any
+    response has started, never an error in the middle of a stream.
+    """
+
+    fingerprint: str | None  # system_fingerprint: changes when the configuration does
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    def require_ready(self) -> None: ...   # raises a 503 APIError while loading or after a failure
+    def models(self) -> list[ModelCard]: ...
+    @property
+    def queue_depth(self) -> int: ...
+    def chat(self, body: CreateChatCompletionRequest) -> Run: ...
+    def complete(self, body: CreateCompletionRequest) -> list[Run]: ...  # one Run per prompt
+    async def embed(self, body: CreateEmbeddingRequest) -> Embedded: ...
+# --8<-- [end:backend]
+
+
+# --8<-- [start:runner]
+class Runner(Protocol):
+    """Token ids and sampling parameters in, events out; inside the local backend."""
+
+    def submit(self, prompt: list[int], params: SamplingParams) -> Generation: ...  # 429 if full
+    @property
+    def queue_depth(self) -> int: ...
+    def close(self) -> None: ...
+# --8<-- [end:runner]

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import jsonschema
 import pytest
 
-from reference_server.backends.local.batching import BatchingRunner, Timings
-from reference_server.engine import ChoiceDone, Engine, TextDelta
+from reference_server.backends.base import ChoiceDone, TextDelta, Timings
+from reference_server.backends.local import LocalBackend as Engine
+from reference_server.backends.local.batching import BatchingRunner
 from reference_server.errors import APIError
 from reference_server.sampling import SamplingParams
 
@@ -119,7 +120,7 @@ def test_concurrent_requests_are_decoded_in_one_batch(runner, engine):
     assert tokens == 64 and steps < 32, (steps, tokens)  # one at a time would take 64 steps and more
     first_ends = min(r.arrivals[-1] for r in results)
     assert all(r.arrivals[0] < first_ends for r in results)  # everyone had started before anyone ended
-    assert all(r.timings and r.timings.completion_tokens == 16 and r.timings.prompt_tokens > 0 for r in results)
+    assert all(r.timings and r.timings.prompt_tokens > 0 and r.timings.decode_ms > 0 for r in results)
 
 
 def test_a_long_prompt_is_read_in_chunks_while_others_keep_decoding(runner, engine):
@@ -191,7 +192,7 @@ def test_n_choices_read_the_prompt_once_and_differ(runner, engine):
     assert runner.stats["prompt_evaluated"] - before <= len(prompt) + 1  # the second request hit the cache
     assert sorted(three.done) == [0, 1, 2] and sorted(six.done) == list(range(6))  # 6 choices on 4 slots
     assert len(set(three.texts.values())) > 1  # seed + index: not copies of each other
-    assert six.timings.completion_tokens == sum(d.completion_tokens for d in six.done.values())
+    assert six.timings.cached_tokens == len(prompt) - 1  # the first request left the prompt in a slot
 
 
 def test_stop_strings_and_logprobs(runner, engine):

@@ -23,7 +23,7 @@ measures how often text differs).
 
 from __future__ import annotations
 
-import codecs
+import asyncio
 import ctypes
 import math
 import threading
@@ -37,21 +37,11 @@ from typing import Any
 import numpy as np
 
 from ... import errors
-from ...engine import ChoiceDone, Generation, TextDelta, TokenLogprob
-from ...sampling import SamplingParams, StopMatcher
+from ...sampling import SamplingParams
+from ..base import ChoiceDone, Event, Generation, Timings
+from .sequence import Sequence
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default window (Llama(last_n_tokens_size=64))
-
-
-@dataclass
-class Timings:
-    """Sent once per generation, after its last choice: what the prefix cache saved, and where time went."""
-
-    prompt_tokens: int
-    cached_tokens: int
-    prompt_ms: float
-    completion_tokens: int
-    decode_ms: float
 
 
 # ---- llama.cpp plumbing ---------------------------------------------------------------------
@@ -145,64 +135,17 @@ def sampler_chain(llama_cpp: Any, p: SamplingParams, seed: int, n_vocab: int) ->
 # --8<-- [end:sampler_chain]
 
 
-# ---- one choice: tokens in, events out -------------------------------------------------------
-
-class _Choice:
-    """One choice of one request: detokenizes, finds stop strings, counts, builds logprobs.
-
-    The same rules as the serial engine's token loop (engine.py): an end-of-generation token
-    ends the choice without being counted, a stop string is never shown, the budget ends it
-    with ``length``.
-    """
-
-    def __init__(self, index: int, params: SamplingParams, budget: int, runner: "BatchingRunner",
-                 emit: Callable[[Any], None]) -> None:
-        self.index, self.params, self.budget = index, params, budget
-        self._runner, self._emit = runner, emit
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = StopMatcher(params.stop)
-        self._pending: list[TokenLogprob] = []
-        self.count = 0
-        self.finish: str | None = None
-
-    def feed(self, token: int, logits: np.ndarray | None) -> bool:
-        """Takes one sampled token (and the logits it came from); True when the choice is over."""
-        r = self._runner
-        if token in r.eog:
-            self.finish = "stop"
-            return True
-        self.count += 1
-        piece = r.piece(token)
-        if self.params.logprobs is not None and logits is not None:
-            self._pending.append(r.logprob(token, piece, logits, self.params.logprobs))
-        text = self._stops.feed(self._decoder.decode(piece))
-        if text or (self._pending and self._stops.stopped):
-            self._emit(TextDelta(self.index, text, self._pending))
-            self._pending = []
-        if self._stops.stopped:
-            self.finish = "stop"
-        elif self.count >= self.budget:
-            self.finish = "length"
-        return self.finish is not None
-
-    def close(self) -> None:
-        tail = self._stops.feed(self._decoder.decode(b"", final=True)) + self._stops.flush()
-        if tail or self._pending:
-            self._emit(TextDelta(self.index, tail, self._pending))
-        self._emit(ChoiceDone(self.index, self.finish or "length", self.count))
-
-
 # ---- requests and slots ----------------------------------------------------------------------
 
 @dataclass(eq=False)
 class _Request:
     prompt: list[int]
     params: SamplingParams
-    handle: Generation
+    emit: Callable[[Event | BaseException | None], None]
+    cancel: threading.Event
     units: int                                      # slots reserved for it
     pending: deque[int] = field(default_factory=deque)  # choice indices not started yet
     running: int = 0
-    completion_tokens: int = 0
     cached_tokens: int = 0
     first_logits: np.ndarray | None = None          # after the prompt; kept when choices start later
     t_start: float = 0.0
@@ -216,7 +159,7 @@ class _Slot:
     tokens: list[int] = field(default_factory=list)  # what this sequence's KV cells hold, from position 0
     last_used: float = 0.0
     request: _Request | None = None
-    choice: _Choice | None = None
+    choice: Sequence | None = None
     chain: Any = None
     grammar: Any = None
     todo: list[int] = field(default_factory=list)     # prompt tokens still to evaluate
@@ -240,7 +183,7 @@ class BatchingRunner:
 
     def __init__(self, model: Any, *, parallel: int = 4, n_ctx_slot: int = 4096, n_batch: int = 512,
                  n_threads: int = 1, prefix_cache: bool = True, max_queue: int = 16,
-                 flash_attn: bool = True) -> None:
+                 flash_attn: bool = True, stats: dict[str, int] | None = None) -> None:
         import llama_cpp
 
         self._l = llama_cpp
@@ -252,8 +195,13 @@ class BatchingRunner:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
         self._pieces: dict[int, bytes] = {}
-        self.stats = {"completed": 0, "cancelled": 0, "tokens": 0, "prompt_evaluated": 0,
-                      "prompt_cached": 0, "steps": 0, "grammar_resampled": 0}
+        self.stats = stats if stats is not None else {}  # read by tests and benchmarks
+        for key in ("completed", "cancelled", "tokens", "prompt_evaluated", "prompt_cached", "steps",
+                    "grammar_resampled"):
+            self.stats.setdefault(key, 0)
+        # False: a grammar masks the whole vocabulary before every token (tests compare the two);
+        # True: the sampled token is checked first, and the mask applied only if it is rejected.
+        self.grammar_prefilter = True
         self._lock = threading.Condition()
         self._waiting: deque[_Request] = deque()   # queued: no slots reserved yet
         self._ready: deque[_Request] = deque()     # slots reserved, not started yet
@@ -274,16 +222,39 @@ class BatchingRunner:
     # ---- the caller's side --------------------------------------------------------------------
 
     # --8<-- [start:submit]
-    def submit(self, prompt: list[int], params: SamplingParams, loop: Any = None) -> Generation:
+    def submit(self, prompt: list[int], params: SamplingParams) -> Generation:
         """Queues a generation of ``params.n`` choices; raises 429 at once if the queue is full."""
-        import asyncio
+        handle = Generation(asyncio.get_running_loop())
+        self._enqueue(prompt, params, handle.emit, handle.cancel)
+        return handle
+    # --8<-- [end:submit]
 
+    def run(self, prompt: list[int], params: SamplingParams, cancel: threading.Event,
+            emit: Callable[[Event], None]) -> None:
+        """The whole generation, waited for on the calling thread (the start-up self-check)."""
+        done = threading.Event()
+        failure: list[BaseException] = []
+
+        def collect(item: Event | BaseException | None) -> None:
+            if item is None:
+                done.set()
+            elif isinstance(item, BaseException):
+                failure.append(item)
+            else:
+                emit(item)
+
+        self._enqueue(prompt, params, collect, cancel)
+        done.wait()
+        if failure:
+            raise failure[0]
+
+    def _enqueue(self, prompt: list[int], params: SamplingParams, emit: Callable[[Any], None],
+                 cancel: threading.Event) -> None:
         if not prompt:
             raise errors.invalid_request("The prompt is empty.")
         if len(prompt) >= self.n_ctx_slot:
             raise errors.context_length_exceeded(len(prompt), params.max_tokens, self.n_ctx_slot, "messages")
-        handle = Generation(loop or asyncio.get_running_loop())
-        request = _Request(prompt, params, handle, units=min(params.n, self.parallel),
+        request = _Request(prompt, params, emit, cancel, units=min(params.n, self.parallel),
                            pending=deque(range(params.n)))
         with self._lock:
             if not self._waiting and self._free_units >= request.units:
@@ -294,8 +265,6 @@ class BatchingRunner:
             else:
                 raise errors.queue_full(self.max_queue)
             self._lock.notify()
-        return handle
-    # --8<-- [end:submit]
 
     @property
     def queue_depth(self) -> int:
@@ -343,18 +312,6 @@ class BatchingRunner:
                 n = self._l.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
             piece = self._pieces[token] = buf.raw[:n]
         return piece
-
-    def logprob(self, token: int, piece: bytes, logits: np.ndarray, top: int) -> TokenLogprob:
-        """Log-probabilities from the raw logits (before any sampling filter), as OpenAI reports them."""
-        shifted = logits - logits.max()
-        logp = shifted - np.log(np.exp(shifted).sum())
-
-        def entry(tok: int, raw: bytes) -> TokenLogprob:
-            return TokenLogprob(raw.decode("utf-8", errors="replace"), float(logp[tok]), list(raw))
-
-        best = np.argpartition(-logp, top)[:top] if top else []
-        alternatives = [entry(int(t), self.piece(int(t))) for t in sorted(best, key=lambda t: -logp[t])]
-        return TokenLogprob(**{**entry(token, piece).__dict__, "top_logprobs": alternatives})
 
     # ---- the runner's thread ------------------------------------------------------------------
 
@@ -433,14 +390,14 @@ class BatchingRunner:
 
     def _start(self, request: _Request) -> None:
         request.t_start = time.perf_counter()
-        if request.handle.cancel.is_set():
+        if request.cancel.is_set():
             self.stats["cancelled"] += 1
             self._finish(request, cancelled=True)
             return
         if min(request.params.max_tokens, self.n_ctx_slot - len(request.prompt)) <= 0:
             for index in request.pending:  # nothing to generate: every choice ends at once
-                request.handle.emit(ChoiceDone(index, "length", 0))
-            request.handle.emit(Timings(len(request.prompt), 0, 0.0, 0, 0.0))
+                request.emit(ChoiceDone(index, "length", 0))
+            request.emit(Timings(len(request.prompt)))
             self._finish(request)
             return
         free = [s for s in self.slots if s.request is None]
@@ -497,7 +454,7 @@ class BatchingRunner:
         index = request.pending.popleft()
         seed = p.seed + index if p.seed is not None else int.from_bytes(np.random.bytes(4), "little")
         budget = min(p.max_tokens, self.n_ctx_slot - len(request.prompt))
-        slot.choice = _Choice(index, p, budget, self, request.handle.emit)
+        slot.choice = Sequence(index, p, budget, self.eog, self.piece)
         slot.chain = sampler_chain(self._l, p, seed, self.n_vocab)
         if p.grammar:
             slot.grammar = self._l.llama_sampler_init_grammar(self.vocab, p.grammar.encode("utf-8"), b"root")
@@ -513,7 +470,7 @@ class BatchingRunner:
         batch.clear()
         for slot in self.slots:  # first the next token of every generating sequence...
             slot.in_batch, slot.chunk = -1, 0
-            if slot.request is not None and slot.request.handle.cancel.is_set():
+            if slot.request is not None and slot.request.cancel.is_set():
                 self._cancel(slot.request)
             elif slot.next_token is not None:
                 slot.in_batch = batch.add([slot.next_token], len(slot.tokens), slot.seq, True)
@@ -578,23 +535,27 @@ class BatchingRunner:
             token = l.llama_sampler_sample(chain, self.ctx, index)  # C fills, samples and accepts
         else:
             candidates = self.cand.fill(logits)
+            if grammar is not None and not self.grammar_prefilter:
+                l.llama_sampler_apply(grammar, ctypes.byref(candidates))
             l.llama_sampler_apply(chain, ctypes.byref(candidates))
-            token = int(self.cand.view["id"][candidates.selected])
-            if grammar is not None and not self.cand.allows(grammar, token):
+            token = candidates.data[candidates.selected].id
+            if grammar is not None and self.grammar_prefilter and not self.cand.allows(grammar, token):
                 # Rejected: mask the whole vocabulary with the grammar and sample again
                 # (llama.cpp's common/sampling.cpp does the same).
                 self.stats["grammar_resampled"] += 1
                 candidates = self.cand.fill(logits)
                 l.llama_sampler_apply(grammar, ctypes.byref(candidates))
                 l.llama_sampler_apply(chain, ctypes.byref(candidates))
-                token = int(self.cand.view["id"][candidates.selected])
+                token = candidates.data[candidates.selected].id
             l.llama_sampler_accept(chain, token)
             if grammar is not None and token not in self.eog:
                 l.llama_sampler_accept(grammar, token)
         self.stats["tokens"] += 1
-        done = slot.choice.feed(token, logits if slot.choice.params.logprobs is not None else None)
+        for event in slot.choice.push(token, logits if slot.choice.params.logprobs is not None else None):
+            slot.request.emit(event)
+        done = slot.choice.done
         slot.next_token = None if done else token
-        if done or slot.request.handle.cancel.is_set():
+        if done or slot.request.cancel.is_set():
             self._end_choice(slot)
     # --8<-- [end:sample]
 
@@ -602,11 +563,11 @@ class BatchingRunner:
 
     def _end_choice(self, slot: _Slot) -> None:
         request = slot.request
-        if request.handle.cancel.is_set():
+        if request.cancel.is_set():
             self._cancel(request)
             return
-        slot.choice.close()
-        request.completion_tokens += slot.choice.count
+        for event in slot.choice.finish():
+            request.emit(event)
         request.running -= 1
         self._drop_samplers(slot)
         slot.choice, slot.next_token = None, None
@@ -621,9 +582,8 @@ class BatchingRunner:
         if request.running == 0 and not request.pending:
             now = time.perf_counter()
             first = request.t_first or now
-            request.handle.emit(Timings(len(request.prompt), request.cached_tokens,
-                                        (first - request.t_start) * 1000, request.completion_tokens,
-                                        (now - first) * 1000))
+            request.emit(Timings(len(request.prompt), request.cached_tokens, (first - request.t_start) * 1000,
+                                 (now - first) * 1000))
             self.stats["completed"] += 1
             self._finish(request)
 
@@ -643,7 +603,7 @@ class BatchingRunner:
                 self._l.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
                 slot.tokens = []
                 self._release(slot)
-        request.handle.emit(exc)
+        request.emit(exc)
         self._finish(request)
 
     def _release(self, slot: _Slot) -> None:
@@ -657,7 +617,7 @@ class BatchingRunner:
         slot.last_used = time.perf_counter()
 
     def _finish(self, request: _Request, cancelled: bool = False) -> None:
-        request.handle.emit(None)
+        request.emit(None)
         with self._lock:
             self._running -= 1
             self._free_units += request.units

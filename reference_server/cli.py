@@ -66,11 +66,12 @@ def check_model_file(path: Path) -> str | None:
 # --8<-- [end:check_model_file]
 
 
-def banner(settings: Settings) -> str:
+def banner(settings: Settings, slots: str = "") -> str:
     key = settings.api_keys[0] if settings.api_keys else "not-needed"
+    slots = f"Slots: {slots}\n" if slots else ""
     return f"""
 Ready: {settings.served_model_id} at {settings.base_url}
-
+{slots}
     from openai import OpenAI
     client = OpenAI(base_url="{settings.base_url}", api_key="{key}")
     reply = client.chat.completions.create(
@@ -155,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
+    from .backends.local import LocalBackend
 
     # --8<-- [start:bind]
     try:
@@ -166,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     print(f"Loading {settings.model_path.name} (n_ctx={settings.n_ctx}, threads={settings.n_threads}) ...",
           flush=True)
-    app = create_app(settings, on_ready=lambda s: print(banner(s), flush=True))
+    backend = LocalBackend(settings)
+    app = create_app(settings, backend=backend, on_ready=lambda s: print(banner(s, backend.memory), flush=True))
     config = uvicorn.Config(app, log_level="info" if settings.verbose else "warning")
     uvicorn.Server(config).run(sockets=[sock])  # not fd=: uvicorn would take it for a Unix socket
     return 0

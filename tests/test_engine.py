@@ -36,7 +36,7 @@ def test_a_dropped_handle_frees_its_place_in_the_queue(settings):
 
 
 def test_queue_bound_is_enforced_before_any_work(settings):
-    engine = Engine(settings.model_copy(update={"max_queue": 1, "embeddings": False}))
+    engine = Engine(settings.model_copy(update={"max_queue": 1, "embeddings": False, "parallel": 1}))
     engine.load()
     prompt = engine.tokenize("Hello")
 

@@ -173,6 +173,7 @@ class _Slot:
 # ---- the runner ------------------------------------------------------------------------------
 
 class BatchingRunner:
+    type_v: int | None = None
     """Serves ``submit(prompt, params)`` from slots in one llama.cpp context; see the module doc.
 
     Thread model: every llama.cpp call happens on the runner's own thread (OpenMP keeps one
@@ -191,6 +192,7 @@ class BatchingRunner:
         self.parallel, self.n_ctx_slot, self.n_batch = parallel, n_ctx_slot, max(n_batch, parallel)
         self.prefix_cache, self.max_queue = prefix_cache, max_queue
         self.n_threads, self.flash_attn = n_threads, flash_attn
+        self.type_v = BatchingRunner.type_v
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
@@ -338,6 +340,8 @@ class BatchingRunner:
         cp.kv_unified = True   # one pool of cells: prefixes are shared, and any slot can copy any other's
         cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
+        if self.type_v is not None:
+            cp.type_v = self.type_v
         self.ctx = l.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create the batching context")

@@ -13,7 +13,7 @@ benchmark's own. Two measurements:
 * ``runner``: the batching runner (reference_server/backends/local/batching.py) driven with
   asyncio in this process, k clients at a time, each request streamed event by event.
 
-    python benchmarks/lowlevel.py --threads 2            # a quick look: both, 1 and 8 sequences
+    python benchmarks/lowlevel.py [--save]     # aggregate tok/s at 1, 2, 4, 8 sequences, C API and runner
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from reference_server.backends.local.batching import BatchingRunner  # noqa: E402
-from reference_server.engine import ChoiceDone, TextDelta  # noqa: E402
+from reference_server.backends.base import ChoiceDone, TextDelta  # noqa: E402
 from reference_server.sampling import SamplingParams  # noqa: E402
 
 SYSTEM = "You are a helpful storyteller."
@@ -195,13 +195,42 @@ def serve(lab: Lab) -> None:
     lab.close()
 
 
+def table(lab: Lab, tokens: int, widths: list[int], repeats: int) -> str:
+    """Aggregate tok/s by batch width: the C API and the runner, best of ``repeats`` (a quiet moment)."""
+    import datetime as dt
+    import statistics
+
+    ban = {str(t): -100 for t in lab.eog}
+    lines = [f"| sequences | C API, aggregate tok/s | × one sequence | runner, aggregate tok/s | runner / C API |",
+             "|---:|---:|---:|---:|---:|"]
+    base = None
+    for n in widths:
+        capi, runner = [], []
+        for r in range(repeats):
+            limit = lab.limit([lab.prompt(conversation(f"limit-{n}-{r}-{s}")) for s in range(n)], tokens)
+            capi.append(limit["aggregate_tps"])
+            level = lab.runner_level(n, 1, tokens, f"runner-{n}-{r}", ban, r)
+            runner.append(sum(s["tokens"] for s in level["streams"]) / level["wall"])
+        c, g = max(capi), max(runner)
+        base = base or c
+        lines.append(f"| {n} | {c:.1f} | {c / base:.2f}× | {g:.1f} | {g / c:.0%} |")
+        print(lines[-1], file=sys.stderr, flush=True)
+    head = (f"### Batch width against throughput ({dt.date.today().isoformat()})\n\n"
+            f"`python benchmarks/lowlevel.py --save`: every sequence reads its own prompt (about 44 tokens) "
+            f"and decodes {tokens} greedy tokens; aggregate = all tokens over the whole time, prompts included; "
+            f"best of {repeats}; {lab.threads} thread(s); {lab.runner.memory_report()}.\n")
+    return head + "\n" + "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, help="GGUF file (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-ctx", type=int, default=4096, help="context per sequence (default 4096)")
     p.add_argument("--parallel", type=int, default=8, help="the runner's slots (default 8)")
-    p.add_argument("--tokens", type=int, default=96)
+    p.add_argument("--tokens", type=int, default=64, help="tokens per sequence (default 64)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--save", action="store_true", help="also write benchmarks/results/<date>-lowlevel.md")
     p.add_argument("--serve", action="store_true", help="answer JSON commands on stdin (for bench.py)")
     args = p.parse_args(argv)
     from reference_server.settings import embedded_model_path
@@ -210,16 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve:
         serve(lab)
         return 0
-    ban = {str(t): -100 for t in lab.eog}
-    for n in (1, 8):
-        limit = lab.limit([lab.prompt(conversation(f"limit-{n}-{s}")) for s in range(n)], args.tokens)
-        level = lab.runner_level(n, 1, args.tokens, f"runner-{n}", ban, 1)
-        tokens = sum(s["tokens"] for s in level["streams"])
-        one = level["streams"][0]
-        decode = (one["tokens"] - 1) / (one["last"] - one["ttft"])
-        print(f"{n} sequence(s): C API {limit['decode_tps']:.1f} tok/s per step x{n} "
-              f"(aggregate with prefill {limit['aggregate_tps']:.1f}); runner aggregate "
-              f"{tokens / level['wall']:.1f} tok/s, one stream decodes at {decode:.1f} tok/s")
+    text = table(lab, args.tokens, [n for n in (1, 2, 4, 8, 16) if n <= args.parallel], args.repeats)
+    print(text)
+    if args.save:
+        import datetime as dt
+
+        out = HERE / "results" / f"{dt.date.today().isoformat()}-lowlevel.md"
+        out.write_text(text)
+        print(f"lowlevel: wrote {out.relative_to(HERE.parent)}", file=sys.stderr)
     lab.close()
     return 0
 

@@ -174,6 +174,15 @@ def engine(settings: Settings) -> Engine:
 
 
 @pytest.fixture(scope="session")
+def serial_engine(settings: Settings) -> Engine:
+    """``--deterministic``: one sequence at a time and no cache, for tests that compare text across
+    requests (batch shapes and cached prefixes change floats: see backends/local/batching.py)."""
+    engine = Engine(settings.model_copy(update={"deterministic": True, "embeddings": False}))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
 def running(settings: Settings, engine: Engine) -> Iterator[RunningServer]:
     server = start_server(settings, engine)
     yield server

@@ -108,10 +108,13 @@ def test_deterministic_configuration_matches_the_serial_engine(model, engine, se
 def test_concurrent_requests_are_decoded_in_one_batch(runner, engine):
     """Four requests, 16 tokens each: far fewer steps than tokens, and their events interleave."""
     params = SamplingParams(max_tokens=16, temperature=0, logit_bias=EOG_BAN)
+    penalised = SamplingParams(max_tokens=16, temperature=0.7, seed=1, logit_bias=EOG_BAN, repeat_penalty=1.3,
+                               frequency_penalty=0.5, presence_penalty=0.5)  # each choice its own chain
     before = dict(runner.stats)
 
     async def go():
-        return await asyncio.gather(*(collect(runner.submit(chat(engine, q), params)) for q in QUESTIONS))
+        return await asyncio.gather(*(collect(runner.submit(chat(engine, q), penalised if i == 3 else params))
+                                      for i, q in enumerate(QUESTIONS)))
 
     results = asyncio.run(go())
     steps = runner.stats["steps"] - before["steps"]
@@ -266,3 +269,26 @@ def test_a_full_queue_answers_429_before_any_work(model, engine, settings):
     assert err.status == 429
     assert a.done[0].completion_tokens > 0 and b.done[0].completion_tokens > 0
     assert r.queue_depth == 0
+
+
+def test_checking_the_sampled_token_first_gives_the_tokens_of_the_full_grammar(model, engine, settings):
+    """At temperature 0, sampling first and checking that one token picks what masking the whole
+    vocabulary first picks, and the whole vocabulary is masked only on the few rejected steps."""
+    r = BatchingRunner(model, parallel=1, n_ctx_slot=1024, n_threads=settings.n_threads, prefix_cache=False)
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+              "required": ["city", "population"]}
+    prompt = chat(engine, "Describe Paris as a JSON object with its population.")
+    params = SamplingParams(max_tokens=48, temperature=0, grammar=Engine.grammar_from_json_schema(schema))
+
+    try:
+        r.grammar_prefilter = False
+        full = asyncio.run(submit_and_collect(r, prompt, params))
+        r.grammar_prefilter = True
+        before = dict(r.stats)
+        fast = asyncio.run(submit_and_collect(r, prompt, params))
+    finally:
+        r.close()
+    assert fast.texts == full.texts
+    jsonschema.validate(json.loads(fast.texts[0]), schema)
+    resampled = r.stats["grammar_resampled"] - before["grammar_resampled"]
+    assert 0 <= resampled < fast.done[0].completion_tokens / 2, resampled

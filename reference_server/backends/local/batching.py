@@ -121,7 +121,7 @@ def sampler_chain(llama_cpp: Any, p: SamplingParams, seed: int, n_vocab: int) ->
             *(llama_cpp.llama_logit_bias(t, b) for t, b in p.logit_bias.items()))
         add(llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(p.logit_bias), bias))
     if p.repeat_penalty != 1.0 or p.frequency_penalty or p.presence_penalty:
-        add(llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, p.repeat_penalty, p.frequency_penalty,
+        add(llama_cpp.llama_sampler_init_penalties(n_vocab, PENALTY_LAST_N, p.repeat_penalty, p.frequency_penalty,
                                                    p.presence_penalty))
     if p.temperature == 0:
         add(llama_cpp.llama_sampler_init_greedy())
@@ -173,7 +173,6 @@ class _Slot:
 # ---- the runner ------------------------------------------------------------------------------
 
 class BatchingRunner:
-    type_v: int | None = None
     """Serves ``submit(prompt, params)`` from slots in one llama.cpp context; see the module doc.
 
     Thread model: every llama.cpp call happens on the runner's own thread (OpenMP keeps one
@@ -192,7 +191,6 @@ class BatchingRunner:
         self.parallel, self.n_ctx_slot, self.n_batch = parallel, n_ctx_slot, max(n_batch, parallel)
         self.prefix_cache, self.max_queue = prefix_cache, max_queue
         self.n_threads, self.flash_attn = n_threads, flash_attn
-        self.type_v = BatchingRunner.type_v
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
@@ -229,6 +227,24 @@ class BatchingRunner:
         handle = Generation(asyncio.get_running_loop())
         self._enqueue(prompt, params, handle.emit, handle.cancel)
         return handle
+
+    def _enqueue(self, prompt: list[int], params: SamplingParams, emit: Callable[[Any], None],
+                 cancel: threading.Event) -> None:
+        if not prompt:
+            raise errors.invalid_request("The prompt is empty.")
+        if len(prompt) >= self.n_ctx_slot:
+            raise errors.context_length_exceeded(len(prompt), params.max_tokens, self.n_ctx_slot, "messages")
+        request = _Request(prompt, params, emit, cancel, units=min(params.n, self.parallel),
+                           pending=deque(range(params.n)))
+        with self._lock:
+            if not self._waiting and self._free_units >= request.units:
+                self._free_units -= request.units  # it starts at the next step
+                self._ready.append(request)
+            elif len(self._waiting) < self.max_queue:
+                self._waiting.append(request)
+            else:
+                raise errors.queue_full(self.max_queue)
+            self._lock.notify()
     # --8<-- [end:submit]
 
     def run(self, prompt: list[int], params: SamplingParams, cancel: threading.Event,
@@ -249,24 +265,6 @@ class BatchingRunner:
         done.wait()
         if failure:
             raise failure[0]
-
-    def _enqueue(self, prompt: list[int], params: SamplingParams, emit: Callable[[Any], None],
-                 cancel: threading.Event) -> None:
-        if not prompt:
-            raise errors.invalid_request("The prompt is empty.")
-        if len(prompt) >= self.n_ctx_slot:
-            raise errors.context_length_exceeded(len(prompt), params.max_tokens, self.n_ctx_slot, "messages")
-        request = _Request(prompt, params, emit, cancel, units=min(params.n, self.parallel),
-                           pending=deque(range(params.n)))
-        with self._lock:
-            if not self._waiting and self._free_units >= request.units:
-                self._free_units -= request.units  # it starts at the next step
-                self._ready.append(request)
-            elif len(self._waiting) < self.max_queue:
-                self._waiting.append(request)
-            else:
-                raise errors.queue_full(self.max_queue)
-            self._lock.notify()
 
     @property
     def queue_depth(self) -> int:
@@ -340,8 +338,6 @@ class BatchingRunner:
         cp.kv_unified = True   # one pool of cells: prefixes are shared, and any slot can copy any other's
         cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
-        if self.type_v is not None:
-            cp.type_v = self.type_v
         self.ctx = l.llama_init_from_model(self.model, cp)
         if not self.ctx:
             raise RuntimeError("llama.cpp could not create the batching context")

@@ -1,4 +1,4 @@
-"""What turning llama.cpp's extra weight buffers off costs (the AMX workaround, reference_server/native.py).
+"""What turning llama.cpp's extra weight buffers off costs (the AMX workaround, reference_server/backends/local/native.py).
 
 Loads the model twice in this process, once with extra buffers (AMX/REPACK where the build has
 them) and once without, and times prompt evaluation and decoding on both, alternating the two

@@ -1,4 +1,4 @@
-"""``coursekit``: generate the labs, read checkpoint logs.
+"""``coursekit``: generate the labs, read checkpoint logs, check a server's conformance.
 
     coursekit labs [generate]             regenerate labs/ from solutions/
     coursekit labs --check                exit 1 if labs/ differs from what would be generated
@@ -6,6 +6,8 @@
     coursekit checkpoint compare LOG REF  how a machine differs from a reference
     coursekit checkpoint merge LOG...     a room's logs, a table per machine
     coursekit machine                     this machine's record fields, as JSON
+    coursekit conform --base-url URL      check an OpenAI-compatible server, a row per feature
+    coursekit exam --base-url URL         the same: the course's final exam
 """
 
 from __future__ import annotations
@@ -107,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = sub.add_parser("machine", help="print this machine's description (JSON)")
     machine.set_defaults(run=lambda _: print(json.dumps(checkpoint.machine_info(), indent=2)) or 0)
+
+    from . import conform as conform_module
+    conform = sub.add_parser("conform", aliases=["exam"], help="check a server against OpenAI's API, feature by "
+                             "feature (exit 0 if every required feature passes)",
+                             description=conform_module.__doc__.split("\n")[0].replace("``", ""))
+    conform_module.add_arguments(conform)
+    conform.set_defaults(run=conform_module.main)
 
     args = parser.parse_args(argv)
     return args.run(args)

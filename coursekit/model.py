@@ -94,7 +94,7 @@ def load_model(path: str | os.PathLike[str] | None = None, *, n_ctx: int = 1024,
     """A ``llama_cpp.Llama`` on ``path`` (default: the embedded model), loaded without log noise.
 
     It is loaded the way the reference server loads it (no AMX buffers on a build with AMX:
-    reference_server/native.py), after a check in a child process (``preflight``).
+    reference_server/backends/local/native.py), after a check in a child process (``preflight``).
     """
     import llama_cpp
     from reference_server.backends.local import native

@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from . import errors
-from .api import chat, completions, embeddings, health, models
+from . import accounting, errors, limits, metrics
+from .api import chat, completions, embeddings, health, models, responses
 from .api.auth import require_api_key
+from .limits import enforce_limits
 from .backends.base import Backend
 from .settings import Settings
 
@@ -29,6 +30,10 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     it has started (the CLI prints its banner there).
     """
     settings = settings or Settings()
+    owned = backend is None
+    if backend is None and settings.upstreams:  # a gateway (chapter 11): no local model
+        from .backends.upstream import UpstreamBackend
+        backend = UpstreamBackend(settings)
     if backend is None:
         from .backends.local import LocalBackend
         backend = LocalBackend(settings)
@@ -50,16 +55,19 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
     # --8<-- [end:lifespan]
 
     app = FastAPI(title="llama.cpp OpenAI-compatible reference server", version="0.1.0", lifespan=lifespan)
-    app.state.settings, app.state.backend = settings, backend
     errors.install(app)
     # --8<-- [start:mount_routers]
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], allow_credentials="*" not in settings.cors_origins)
-    v1 = [Depends(require_api_key)]
-    for router in (models.router, chat.router, completions.router, embeddings.router):
+    backend = accounting.install(app, settings, backend, owned)  # metrics, per-key limits (chapter 11)
+    app.state.settings, app.state.backend = settings, backend
+    v1 = [Depends(require_api_key), Depends(enforce_limits)]
+    for router in (models.router, chat.router, completions.router, embeddings.router, responses.router,
+                   limits.router):
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # --8<-- [end:mount_routers]
     return app
 # --8<-- [end:create_app]

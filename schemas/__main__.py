@@ -18,7 +18,7 @@ from .validation import names, validate
 
 def _items(text: str, schema: str, each: bool) -> list[tuple[str, Any, str]]:
     """(label, value, schema name) triples; the label prefixes problems when there are several."""
-    if text.lstrip().startswith("data:"):
+    if text.lstrip().startswith(("data:", "event:")):  # a stream; Responses events name themselves first
         events = [line[len("data:"):].strip() for line in text.splitlines() if line.startswith("data:")]
         values = [json.loads(data) for data in events if data != "[DONE]"]
         return [(f"[{i}]", v, "error" if isinstance(v, dict) and "error" in v else schema)

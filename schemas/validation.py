@@ -29,6 +29,7 @@ NAMES = (
     "completion_request", "completion_response", "completion_chunk",
     "embedding_request", "embedding_response",
     "model", "model_list", "error",
+    "response_request", "response", "response_stream_event", "response_input_item_list", "response_deleted",
 )
 _FILES = files(__package__)
 
@@ -265,15 +266,17 @@ def _problems(e: ValidationError) -> list[Problem]:
 # ---- the rule JSON Schema cannot say -------------------------------------------------------------
 
 def _usage_total(instance: Any) -> Iterator[Problem]:
-    """total_tokens = prompt_tokens + completion_tokens compares two fields: beyond JSON Schema."""
+    """total_tokens = prompt_tokens + completion_tokens (input_tokens + output_tokens in the Responses
+    API) compares two fields: beyond JSON Schema."""
     usage = instance.get("usage") if isinstance(instance, dict) else None
     if not isinstance(usage, dict):
         return
-    prompt, completion, total = usage.get("prompt_tokens"), usage.get("completion_tokens", 0), usage.get("total_tokens")
+    first, second = ("input_tokens", "output_tokens") if "input_tokens" in usage else ("prompt_tokens", "completion_tokens")
+    prompt, completion, total = usage.get(first), usage.get(second, 0), usage.get("total_tokens")
     if not all(type(n) is int for n in (prompt, completion, total)):
         return  # the schema already reports the wrong types
     if total != prompt + completion:
         yield Problem("usage.total_tokens",
-                      f"usage.total_tokens: {total} is not prompt_tokens + completion_tokens "
+                      f"usage.total_tokens: {total} is not {first} + {second} "
                       f"({prompt} + {completion} = {prompt + completion})",
-                      f"{prompt + completion} (prompt_tokens + completion_tokens)", f"an integer {total}")
+                      f"{prompt + completion} ({first} + {second})", f"an integer {total}")

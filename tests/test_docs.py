@@ -7,6 +7,7 @@ input (``test_checks_catch_breakage``), not only to pass on the real site.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -36,6 +37,7 @@ CHAPTERS = {
     "06-embeddings": "06_embeddings",
     "07-tools": "07_tools",
     "08-batching": "08_batching",
+    "09-responses": "09_responses",
 }
 NOTEBOOK_DIRS = ("labs", "solutions")
 
@@ -313,10 +315,11 @@ def test_every_page_is_in_the_nav():
 
 
 def test_every_request_field_is_documented():
-    from reference_server import protocol
+    from reference_server import protocol, protocol_responses
 
     page = (COURSE / "reference" / "endpoints.md").read_text(encoding="utf-8")
-    models = (protocol.CreateChatCompletionRequest, protocol.CreateCompletionRequest, protocol.CreateEmbeddingRequest)
+    models = (protocol.CreateChatCompletionRequest, protocol.CreateCompletionRequest, protocol.CreateEmbeddingRequest,
+              protocol_responses.CreateResponse)
     fields = {(f.alias or name) for m in models for name, f in m.model_fields.items()}
     missing = sorted(f for f in fields if f"`{f}`" not in page)
     assert not missing, f"request fields missing from course/reference/endpoints.md: {missing}"
@@ -328,6 +331,123 @@ def test_every_error_code_is_documented():
              for c in re.findall(r'code="([a-z_]+)"', p.read_text(encoding="utf-8"))}
     missing = sorted(c for c in codes if f"`{c}`" not in page)
     assert codes and not missing, f"error codes missing from course/reference/errors.md: {missing}"
+
+
+def server_options() -> set[str]:
+    """Every --option of ``reference-server --help``."""
+    out = subprocess.run([sys.executable, "-m", "reference_server", "--help"], capture_output=True, text=True,
+                         timeout=60).stdout
+    return set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", out)) - {"--help"}
+
+
+def test_every_server_option_is_documented():
+    page = (COURSE / "reference" / "endpoints.md").read_text(encoding="utf-8")
+    missing = sorted(o for o in server_options() if f"`{o}" not in page)
+    assert not missing, f"options of reference-server missing from course/reference/endpoints.md: {missing}"
+
+
+DEPLOY = EXAMPLES / "deploy"
+
+
+def reference_server_flags(text: str) -> set[str]:
+    """The --options given to reference-server in a shell script (continued lines joined)."""
+    joined = text.replace("\\\n", " ")
+    return {flag for line in joined.splitlines() if re.match(r"\s*(\S*/)?reference-server\b", line)
+            for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", line)}
+
+
+def deploy_problems(folder: Path, options: set[str]) -> list[str]:
+    """The deployment sketches: the YAML parses, keys files load, and every reference-server option
+    and REFERENCE_SERVER_* variable they use exists."""
+    from reference_server.limits import read_keys_file
+    from reference_server.settings import Settings
+
+    problems, used = [], set()
+    for path in sorted(folder.rglob("*")):
+        where = path.relative_to(folder).as_posix()
+        text = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                problems.append(f"{where}: not YAML: {exc}")
+                continue
+            for name, service in ((data or {}).get("services") or {}).items():
+                if "dockerfile" in str(service.get("build", "")):  # our gateway image: command = its options
+                    used |= {(where, f) for f in service.get("command", []) if str(f).startswith("--")}
+        elif path.suffix == ".sh":
+            used |= {(where, f) for f in reference_server_flags(text)}
+        elif path.suffix == ".toml":
+            try:
+                read_keys_file(path)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+        elif path.name.endswith("Dockerfile"):
+            used |= {(where, f) for f in re.findall(r'"(--[a-z][a-z-]+)"', text)}
+        for var in re.findall(r"REFERENCE_SERVER_([A-Z_]+)", text):
+            if var.lower() not in Settings.model_fields:
+                problems.append(f"{where}: REFERENCE_SERVER_{var} is not a setting")
+    problems += [f"{where}: reference-server has no option {flag}" for where, flag in sorted(used)
+                 if flag not in options]
+    return problems
+
+
+def test_deployment_sketches_are_valid():
+    assert deploy_problems(DEPLOY, server_options()) == []
+
+
+def test_deploy_check_catches_breakage(tmp_path):
+    (tmp_path / "compose.yaml").write_text("services:\n  gateway:\n    build: {dockerfile: gw.Dockerfile}\n"
+                                           "    command: [\"--upstreams\", \"x\"]\n")
+    (tmp_path / "bad.yaml").write_text("a: [b\n")
+    (tmp_path / "run.sh").write_text("reference-server --port 8000 \\\n  --no-such-flag\nREFERENCE_SERVER_NOPE=1\n")
+    (tmp_path / "keys.toml").write_text("[[keys]]\nname = 'x'\n")
+    problems = "\n".join(deploy_problems(tmp_path, {"--port", "--upstream"}))
+    for expected in ("bad.yaml: not YAML", "no option --upstreams", "no option --no-such-flag",
+                     "REFERENCE_SERVER_NOPE is not a setting", "keys.toml"):
+        assert expected in problems
+
+
+# ---- the figures ------------------------------------------------------------------------------
+
+FIGURES = COURSE / "figures"
+FIGURE_LINK = re.compile(r"\]\((?:\.\./)*figures/([\w-]+)\.svg\)")
+
+
+def figures_module() -> Any:
+    """``course/figures/draw.py``, imported from its path (``course/`` is not a package)."""
+    spec = importlib.util.spec_from_file_location("course_figures_draw", FIGURES / "draw.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def unshown_figures(course: Path) -> list[str]:
+    """SVG files in ``course/figures`` that no page shows."""
+    shown = {name for page in course.rglob("*.md") for name in FIGURE_LINK.findall(page.read_text(encoding="utf-8"))}
+    return sorted(p.name for p in (course / "figures").glob("*.svg") if p.stem not in shown)
+
+
+def test_figures_match_their_sources():
+    """Every committed figure is exactly what its source draws from today's code and data."""
+    problems = figures_module().stale()
+    assert not problems, ("figures out of date (redraw: python course/figures/draw.py, then commit):\n"
+                          + "\n".join(problems))
+
+
+def test_every_figure_is_shown():
+    assert not unshown_figures(COURSE), f"figures no page shows: {unshown_figures(COURSE)}"
+
+
+def test_benchmark_plot_follows_the_included_report():
+    """The plot is drawn from the very report the benchmarks page includes."""
+    draw = figures_module()
+    report = draw.benchmark_report().relative_to(ROOT).as_posix()
+    assert f'--8<-- "{report}"' in (COURSE / "benchmarks.md").read_text(encoding="utf-8")
+    heading, series = draw.concurrency_levels(draw.benchmark_report().read_text(encoding="utf-8"))
+    assert "reference server" in " ".join(series), f"no reference-server rows in {report}: {sorted(series)}"
+    assert all(len(rows) >= 2 for rows in series.values()), f"a contender with one level only: {series}"
 
 
 # ---- the examples run ------------------------------------------------------------------------
@@ -375,6 +495,25 @@ def test_checks_catch_breakage(tmp_path):
     assert external_asset_problems('<script src="https://cdn.example/x.js"></script>')
     assert external_asset_problems('<link rel="stylesheet" href="//fonts.example/css">')
     assert not external_asset_problems('<script src="assets/x.js"></script><a href="https://x.org">x</a>')
+
+    draw = figures_module()
+    (tmp_path / "figs").mkdir()
+    name = "worker-queue"
+    assert draw.stale(tmp_path / "figs", [name]) == [f"{name}.svg is missing"]
+    (tmp_path / "figs" / f"{name}.svg").write_bytes(draw.render(name).replace(b"</svg>", b"<!-- edited --></svg>"))
+    assert draw.stale(tmp_path / "figs", [name]) == [f"{name}.svg differs from what course/figures/draw.py draws"]
+    (tmp_path / "figs" / f"{name}.svg").write_bytes(draw.render(name))
+    (tmp_path / "figs" / "orphan.svg").write_text("<svg/>")
+    assert draw.stale(tmp_path / "figs", [name]) == ["orphan.svg is drawn by nothing in course/figures/draw.py"]
+    assert draw.render(name) == draw.render(name), "the same source must give the same bytes"
+    (course / "figures").mkdir()
+    (course / "figures" / "a.svg").write_text("<svg/>")
+    (course / "figures" / "b.svg").write_text("<svg/>")
+    (course / "index.md").write_text("![x](figures/a.svg)")
+    assert unshown_figures(course) == ["b.svg"]
+    report = "| contender | clients | aggregate tok/s |\n|---|---:|---:|\n| ref | 1 | 10.0 (9.0–11.0) |\n| ref | 2 | 12.5 |\n"
+    assert draw.concurrency_levels("#### Concurrent clients (64 tokens per request)\n\n" + report)[1] == {
+        "ref": [(1, 10.0, 9.0, 11.0), (2, 12.5, 12.5, 12.5)]}
 
     assert sections_named_in('S = Section("04-streaming", "The wire format")') == [("04-streaming", "The wire format")]
     assert slugify("Overload: 429 and Retry-After") == "overload-429-and-retry-after"

@@ -140,6 +140,9 @@ def test_context_length_exceeded_names_the_numbers(http):
     long = [{"role": "user", "content": "word " * (N_CTX + 50)}]
     envelope(http.post(CHAT, json={"model": MODEL, "messages": long}), 400, param="messages",
              code="context_length_exceeded")
+    # The prompt alone overflows: "messages" is what to shrink, even with max_tokens sent (as OpenAI says)
+    envelope(http.post(CHAT, json={"model": MODEL, "messages": long, "max_tokens": 1}), 400, param="messages",
+             code="context_length_exceeded")
     envelope(http.post("/v1/embeddings", json={"model": MODEL, "input": "word " * (N_CTX + 50)}), 400,
              param="input", code="context_length_exceeded")
 

@@ -330,10 +330,26 @@ def embeddings(srv: Server) -> None:
     client = openai.OpenAI(base_url=srv.base_url, api_key="not-needed", max_retries=0)
     vectors = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=sentences).data])
     sims = vectors @ vectors.T
+    # Lab 6's corpus: 24 documents in 8 topics. Same-topic pairs against different-topic pairs
+    # shows how much of a cosine is meaning and how much is the direction all vectors share.
+    corpus = [json.loads(line) for line in (ROOT / "labs" / "data" / "corpus.jsonl").read_text().splitlines()]
+    docs = np.array([d.embedding for d in client.embeddings.create(model=MODEL, input=[c["text"] for c in corpus]).data])
+    pairs = docs @ docs.T
+    same, different = [], []
+    for i in range(len(corpus)):
+        for j in range(i + 1, len(corpus)):
+            (same if corpus[i]["topic"] == corpus[j]["topic"] else different).append(float(pairs[i, j]))
+
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"pairs": len(values), "min": round(min(values), 3), "median": round(float(np.median(values)), 3),
+                "max": round(max(values), 3)}
+
     save("embeddings_similarity.json", {
         "dimensions": dims, "norms": [round(float(n), 6) for n in np.linalg.norm(vectors, axis=1)],
         "sentences": sentences,
-        "cosine": [[round(float(x), 3) for x in row] for row in sims]})
+        "cosine": [[round(float(x), 3) for x in row] for row in sims],
+        "lab6_corpus": {"documents": len(corpus), "topics": len({c["topic"] for c in corpus}),
+                        "same_topic": spread(same), "different_topic": spread(different)}})
 
 
 # ---- measurements: this machine -------------------------------------------------------------
@@ -438,7 +454,7 @@ def tools(srv: Server) -> None:
     from reference_server.protocol import CreateChatCompletionRequest
 
     save("tools_grammar_converter.gbnf", E.grammar_from_json_schema(weather["function"]["parameters"]))
-    plan = tools_module.plan(srv.app.state.engine, CreateChatCompletionRequest(**forced))
+    plan = tools_module.plan(srv.app.state.backend, CreateChatCompletionRequest(**forced))
     save("tools_grammar.gbnf", plan.grammar or "")
     save("tools_instructions.txt", plan.instructions)
 
@@ -485,6 +501,25 @@ def tools(srv: Server) -> None:
                "valid_calls_prompt_only": f"{sum(r['without_grammar'] for r in rows)}/{len(rows)}"}
     save("tools_grammar_vs_prompt_summary.json", summary)
     save("tools_grammar_vs_prompt.json", {"summary": summary, "requests": rows})
+
+
+def responses(srv: Server) -> None:
+    """The Responses API (chapter 9): a body, a raw stream, a refusal and an unknown id."""
+    color = {"format": {"type": "json_schema", "name": "color", "strict": True, "schema": {
+        "type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]}}, "required": ["color"],
+        "additionalProperties": False}}}
+    with httpx.Client(base_url=srv.root, timeout=600) as http:
+        request = {"model": MODEL, "instructions": "Answer in one short sentence.", "max_output_tokens": 32,
+                   "temperature": 0, "input": [{"role": "user", "content": "What is the capital of France?"}]}
+        save("responses_request.json", request)
+        save("responses_response.json", http.post("/v1/responses", json=request).json())
+        streamed = {"model": MODEL, "input": "Name a color.", "text": color, "temperature": 0, "stream": True}
+        save("responses_stream_request.json", streamed)
+        with http.stream("POST", "/v1/responses", json=streamed) as r:
+            save("responses_stream.txt", b"".join(r.iter_raw()).decode())
+        save_http("errors/responses_web_search.http", http.post("/v1/responses", json={
+            "model": MODEL, "input": "News about llamas?", "tools": [{"type": "web_search"}]}))
+        save_http("errors/responses_not_found.http", http.get("/v1/responses/resp_0123456789abcdef"))
 
 
 def checkpoints(settings: Settings) -> None:
@@ -588,7 +623,7 @@ def threads(settings: Settings) -> None:
     save("threads_under_load.json", {"cores": os.cpu_count(), "tokens": 100, "runs": runs})
 
 
-EXAMPLES = ("hello", "finish_reason", "stream", "stream_raw", "errors_client", "embeddings", "tools")
+EXAMPLES = ("hello", "finish_reason", "stream", "stream_raw", "errors_client", "embeddings", "tools", "responses")
 
 
 def outputs(srv: Server) -> None:
@@ -602,6 +637,72 @@ def outputs(srv: Server) -> None:
         if p.returncode:
             raise SystemExit(f"{script.name} failed:\n{p.stderr}")
         save(f"{name}.out.txt", p.stdout)
+
+
+# ---- chapter 11: scaling out ------------------------------------------------------------------
+
+def gateway(settings: Settings, engine: Engine) -> None:
+    """A gateway over two upstreams (in-process, one model), its limits and metrics; then a real
+    upstream process killed in the middle of a stream."""
+    keys = Path(tempfile.mkdtemp()) / "keys.toml"
+    keys.write_text('window_seconds = 60\n'
+                    '[[keys]]\nname = "alice"\nkey = "sk-alice-0001"\nrequests_per_minute = 2\n'
+                    'tokens_per_minute = 20000\n'
+                    '[[keys]]\nname = "bob"\nkey = "sk-bob-00001"\ntoken_budget = 30\n')
+    ups = [Server(settings, engine), Server(settings, engine)]
+    gw = Server(Settings(upstreams=[u.base_url for u in ups], keys_file=keys))
+    hi = {"model": MODEL, "messages": HELLO, "max_tokens": 12}
+    limit_headers = ("x-upstream", "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                     "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens",
+                     "x-ratelimit-reset-tokens", "retry-after", "retry-after-ms", "x-should-retry")
+    try:
+        with httpx.Client(base_url=gw.root, timeout=120) as http:
+            alice = {"Authorization": "Bearer sk-alice-0001"}
+            save_http("gateway/answered.http", http.post(CHAT, json=hi, headers=alice), limit_headers)
+            http.post(CHAT, json=hi, headers=alice)
+            save_http("gateway/rate_limited.http", http.post(CHAT, json=hi, headers=alice), limit_headers)
+            bob = {"Authorization": "Bearer sk-bob-00001"}
+            http.post(CHAT, json={**hi, "max_tokens": 40}, headers=bob)
+            save_http("gateway/insufficient_quota.http", http.post(CHAT, json=hi, headers=bob), limit_headers)
+            save("gateway/usage.json", http.get("/v1/usage", headers=bob).json())
+            wanted = ("reference_server_requests_total", "reference_server_prompt_tokens_total",
+                      "reference_server_completion_tokens_total", "reference_server_time_to_first_token_seconds_count",
+                      "reference_server_queue_depth", "reference_server_upstream", "reference_server_rate_limited")
+            page = http.get("/metrics").text.splitlines()
+            save("gateway/metrics.txt", "\n".join(line for line in page if line.startswith(wanted)))
+    finally:
+        gw.stop()
+        for u in ups:
+            u.stop()
+    mid_stream_failure()
+
+
+def mid_stream_failure() -> None:
+    """A real upstream process, SIGKILLed after the first tokens of a reply streamed through a gateway."""
+    env = {**os.environ, "REFERENCE_SERVER_SUPERVISED": str(os.getpid())}  # no supervisor: one pid to kill
+    proc = subprocess.Popen([sys.executable, "-m", "reference_server", "--port", "0", "--n-ctx", "512",
+                             "--no-embeddings", "--threads", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        url = ""
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("Ready: "):
+                url = line.split(" at ")[1].strip()
+                break
+        gw = Server(Settings(upstreams=[url]))
+        body = {"model": MODEL, "messages": HELLO, "max_tokens": 200, "logit_bias": NO_EOG, "stream": True}
+        frames = []
+        with httpx.Client(timeout=120) as http, http.stream("POST", gw.base_url + "/chat/completions", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    frames.append(line)
+                    if len(frames) == 4:
+                        proc.kill()
+        gw.stop()
+        save("gateway/mid_stream_failure.txt", "...\n" + "\n\n".join(frames[-3:]))
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def banner() -> None:
@@ -628,7 +729,8 @@ def banner() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*",
-                        help="basics streaming errors sdk cli embeddings measure tools outputs banner checkpoints room threads")
+                        help="basics streaming errors sdk cli embeddings measure tools responses outputs banner "
+                             "checkpoints room threads gateway")
     parser.add_argument("--threads", type=int, help="llama.cpp threads (default: all cores, as `make serve`); "
                         "on a machine other programs keep busy, 1 is far faster")
     parser.add_argument("--patience", type=float, default=PATIENCE_S,
@@ -636,7 +738,7 @@ def main() -> None:
     args = parser.parse_args()
     globals()["PATIENCE_S"] = args.patience
     want = set(args.only or ["basics", "streaming", "errors", "sdk", "cli", "embeddings", "measure", "tools",
-                             "outputs", "banner", "checkpoints", "room", "threads"])
+                             "responses", "outputs", "banner", "checkpoints", "room", "threads", "gateway"])
     settings = Settings(**({"n_threads": args.threads} if args.threads else {}))  # else: `make serve`
     start = time.perf_counter()
     engine = Engine(settings)
@@ -660,6 +762,8 @@ def main() -> None:
             measure(srv, settings, load_seconds)
         if "tools" in want:
             tools(srv)
+        if "responses" in want:
+            responses(srv)
         if "outputs" in want:
             outputs(srv)
         if "checkpoints" in want:
@@ -668,6 +772,8 @@ def main() -> None:
             room(settings)
         if "threads" in want:
             threads(settings)
+        if "gateway" in want:
+            gateway(settings, engine)
     finally:
         srv.stop()
     if "banner" in want:

@@ -8,7 +8,7 @@ from ..protocol import CreateChatCompletionRequest
 from ..serving import chat
 from ..serving.common import Responder
 from ..serving.sse import sse_response
-from .deps import BackendDep, require_model, unless_disconnected
+from .deps import BackendDep, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["chat"])
 
@@ -18,6 +18,8 @@ router = APIRouter(tags=["chat"])
 async def create_chat_completion(body: CreateChatCompletionRequest, request: Request, backend: BackendDep):
     require_model(backend, body.model)
     run = backend.chat(body)  # validated and queued: a full queue is a 429 before anything is sent
+    if gone := await started(request, run):  # a gateway: an upstream has sent its first token
+        return gone
     want_logprobs = bool(body.logprobs)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

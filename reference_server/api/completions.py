@@ -8,7 +8,7 @@ from ..protocol import CreateCompletionRequest
 from ..serving import completions
 from ..serving.common import Responder
 from ..serving.sse import sse_response
-from .deps import BackendDep, require_model, unless_disconnected
+from .deps import BackendDep, require_model, started, unless_disconnected
 
 router = APIRouter(tags=["completions"])
 
@@ -17,6 +17,8 @@ router = APIRouter(tags=["completions"])
 async def create_completion(body: CreateCompletionRequest, request: Request, backend: BackendDep):
     require_model(backend, body.model)
     runs = backend.complete(body)
+    if gone := await started(request, runs[0]):
+        return gone
     want_logprobs = body.logprobs is not None
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     r = Responder.start("cmpl", "text_completion", body.model, backend.fingerprint, include_usage)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
@@ -10,10 +11,13 @@ from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
 
 from .. import errors
-from ..backends.base import Backend
+from ..backends.base import Backend, Run, start
 from ..errors import error_body
 
 T = TypeVar("T")
+
+if sys.version_info < (3, 11):  # anyio's dependency there
+    from exceptiongroup import BaseExceptionGroup
 
 
 # --8<-- [start:get_backend]
@@ -43,17 +47,36 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | JSONR
     Starlette cancels them on disconnect.)
     """
     result: dict[str, Any] = {}
-    async with anyio.create_task_group() as tg:
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
 
-        tg.start_soon(watch)
-        result["value"] = await work
-        tg.cancel_scope.cancel()
+            tg.start_soon(watch)
+            result["value"] = await work
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # anyio wraps even the host's error: unwrap it (an APIError's status)
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     if "value" in result:
         return result["value"]
     # 499 "client closed request" (nginx's convention); nobody is there to read it.
     return JSONResponse(error_body("Client closed the request.", "invalid_request_error"), status_code=499)
 # --8<-- [end:unless_disconnected]
+
+
+# --8<-- [start:started]
+async def started(request: Request, run: Run) -> JSONResponse | None:
+    """Waits until the backend has begun ``run`` (backends/base.py: ``start``), unless the client hangs up.
+
+    For the local backend this returns at once. A gateway waits here for an upstream's first
+    token, so a failure on every upstream is still an HTTP status; a 499 if the client left.
+    """
+    if getattr(run.events, "start", None) is None:
+        return None
+    gone = await unless_disconnected(request, start(run))
+    return gone if isinstance(gone, JSONResponse) else None
+# --8<-- [end:started]

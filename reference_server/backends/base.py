@@ -129,9 +129,13 @@ class Events(Protocol):
 
 
 # --8<-- [start:run]
-@dataclass(frozen=True)
+@dataclass
 class Run:
-    """One prompt's generation, started (queued) by a backend, and what its response needs."""
+    """One prompt's generation, started (queued) by a backend, and what its response needs.
+
+    Not frozen: an upstream (backends/upstream/) learns ``prompt_tokens`` only from the usage
+    at the end of its stream, and sets it then; serving/ reads it after the last event.
+    """
 
     events: Events
     prompt_tokens: int
@@ -152,6 +156,21 @@ class ModelCard:
     created: int
     owned_by: str = "local"
 # --8<-- [end:run]
+
+
+# --8<-- [start:start]
+async def start(run: Run) -> None:
+    """Waits until ``run`` has really begun, for the backends whose start can fail after ``chat``.
+
+    The local backend queues in ``chat`` itself. An upstream gateway (backends/upstream/) has to
+    connect and wait for a first token, and may retry on another upstream meanwhile; the
+    routers await this before the response begins, so that a failure there is an HTTP status
+    and never a stream that breaks off before its first token.
+    """
+    begin = getattr(run.events, "start", None)
+    if begin is not None:
+        await begin()
+# --8<-- [end:start]
 
 
 # --8<-- [start:backend]

@@ -126,9 +126,9 @@ def sampling_params(backend: LocalBackend, body: _Sampling, prompt_tokens: int, 
                     limit_param: str, n: int = 1, logprobs: int | None = None) -> SamplingParams:
     """Resolves defaults and refuses a request that cannot fit in the context window."""
     room = backend.n_ctx - prompt_tokens
+    if room <= 0:  # the prompt alone overflows: shrinking max_tokens would not help (OpenAI says "messages")
+        raise errors.context_length_exceeded(prompt_tokens, limit or 0, backend.n_ctx, "messages")
     if limit is None:
-        if room <= 0:
-            raise errors.context_length_exceeded(prompt_tokens, 0, backend.n_ctx, "messages")
         limit = room
     elif limit > room:
         raise errors.context_length_exceeded(prompt_tokens, limit, backend.n_ctx, limit_param)

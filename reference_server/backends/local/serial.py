@@ -113,7 +113,7 @@ class SerialRunner:
 
         llm = self._llm
         processors = _bias_processor(p.logit_bias)
-        started, prompt_ms = time.perf_counter(), 0.0
+        started, prompt_ms = time.perf_counter(), 0.0  # prompt_ms: to each choice's first token
         # --8<-- [start:token_loop]
         for index in range(p.n):
             # A fresh context for every choice: the result must not depend on what an earlier
@@ -133,10 +133,10 @@ class SerialRunner:
                 repeat_penalty=p.repeat_penalty, frequency_penalty=p.frequency_penalty,
                 presence_penalty=p.presence_penalty, reset=True, grammar=grammar,
                 logits_processor=[*(processors or []), gfilter] if gfilter else processors)
-            first = True
+            choice_start, first = time.perf_counter(), True
             for token in tokens if not seq.done else ():
                 if first:
-                    prompt_ms += (time.perf_counter() - started) * 1000
+                    prompt_ms += (time.perf_counter() - choice_start) * 1000
                     first = False
                 if cancel.is_set():
                     self.stats["cancelled"] += 1

@@ -84,10 +84,11 @@ QUESTIONS = ["What is the capital of France?", "Name three fruits.", "Write a ha
 
 
 # --8<-- [start:test_deterministic]
-def test_deterministic_configuration_matches_the_serial_engine(model, engine, settings):
+def test_deterministic_configuration_matches_the_serial_engine(model, serial_engine, settings):
     """One sequence, no cache, the serial engine's attention kernel: the same text, token for token."""
     r = BatchingRunner(model, parallel=1, n_ctx_slot=1024, n_threads=settings.n_threads,
                        prefix_cache=False, flash_attn=False)
+    engine = serial_engine
     cases = [(chat(engine, q), SamplingParams(max_tokens=24, temperature=0)) for q in QUESTIONS[:3]]
     cases.append((chat(engine, "Tell me a story."), SamplingParams(max_tokens=24, temperature=0.8, seed=7)))
 

@@ -69,6 +69,13 @@ class _Batch:
     def clear(self) -> None:
         self.n = 0
 
+    def add_one(self, token: int, pos: int, seq: int) -> int:
+        """A generating sequence's next token, whose logits are wanted; returns its index."""
+        i = self.n
+        self.token[i], self.pos[i], self.seq[i], self.logits[i] = token, pos, seq, 1
+        self.n = i + 1
+        return i
+
     def add(self, tokens: list[int], pos0: int, seq: int, logits_last: bool) -> int:
         """Appends ``tokens`` at positions ``pos0...``; returns the index of the last one."""
         a, b = self.n, self.n + len(tokens)
@@ -473,7 +480,7 @@ class BatchingRunner:
             if slot.request is not None and slot.request.cancel.is_set():
                 self._cancel(slot.request)
             elif slot.next_token is not None:
-                slot.in_batch = batch.add([slot.next_token], len(slot.tokens), slot.seq, True)
+                slot.in_batch = batch.add_one(slot.next_token, len(slot.tokens), slot.seq)
         room = batch.capacity - batch.n
         for slot in self._prefilling():  # ...then as much prompt as fits (chunked prefill)
             if room <= 0:
@@ -510,30 +517,33 @@ class BatchingRunner:
 
     def _after_decode(self, slot: _Slot) -> None:
         request = slot.request
-        logits = self._logits(slot.in_batch)
         if slot.next_token is None:  # it has just read its prompt
             now = time.perf_counter()
             request.t_first = request.t_first or now
-            if request.pending and request.units < request.params.n:
-                request.first_logits = logits.copy()  # for the choices that start later in this slot
+            if request.pending and request.units < request.params.n:  # for choices that start later here
+                request.first_logits = self._logits(slot.in_batch).copy()
             for follower in slot.followers:  # n > 1: they share the prompt's cells
                 self._l.llama_memory_seq_cp(self.mem, slot.seq, follower.seq, 0, len(request.prompt))
                 follower.tokens = list(request.prompt)
                 follower.waiting = False
-                self._sample(follower, logits, slot.in_batch)
+                self._sample(follower, slot.in_batch)
             slot.followers = []
-        self._sample(slot, logits, slot.in_batch)
+        self._sample(slot, slot.in_batch)
 
     def _logits(self, index: int) -> np.ndarray:
         return np.ctypeslib.as_array(self._l.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
 
     # --8<-- [start:sample]
-    def _sample(self, slot: _Slot, logits: np.ndarray, index: int | None) -> None:
-        """Samples the slot's next token with its chain; a grammar is checked on that one token first."""
+    def _sample(self, slot: _Slot, index: int | None, logits: np.ndarray | None = None) -> None:
+        """Samples the slot's next token with its chain; a grammar is checked on that one token first.
+
+        ``index``: the row of this step's logits; None with ``logits`` given (a later choice's first token).
+        """
         l, chain, grammar = self._l, slot.chain, slot.grammar
         if grammar is None and index is not None:
             token = l.llama_sampler_sample(chain, self.ctx, index)  # C fills, samples and accepts
         else:
+            logits = self._logits(index) if logits is None else logits
             candidates = self.cand.fill(logits)
             if grammar is not None and not self.grammar_prefilter:
                 l.llama_sampler_apply(grammar, ctypes.byref(candidates))
@@ -551,7 +561,9 @@ class BatchingRunner:
             if grammar is not None and token not in self.eog:
                 l.llama_sampler_accept(grammar, token)
         self.stats["tokens"] += 1
-        for event in slot.choice.push(token, logits if slot.choice.params.logprobs is not None else None):
+        if slot.choice.params.logprobs is not None and logits is None:
+            logits = self._logits(index)
+        for event in slot.choice.push(token, logits):
             slot.request.emit(event)
         done = slot.choice.done
         slot.next_token = None if done else token
@@ -576,7 +588,7 @@ class BatchingRunner:
             slot.tokens = list(request.prompt)
             self._begin_choice(slot, request)
             if slot.choice is not None and request.first_logits is not None:
-                self._sample(slot, request.first_logits, None)
+                self._sample(slot, None, request.first_logits)
             return
         self._release(slot)
         if request.running == 0 and not request.pending:

@@ -352,6 +352,9 @@ def plot(run: Run, path: Path) -> bool:
         lows = [m - min(levels[x].throughput.samples, default=m) for x, m in zip(xs, mids)]
         highs = [max(levels[x].throughput.samples, default=m) - m for x, m in zip(xs, mids)]
         ax.errorbar(xs, mids, yerr=[lows, highs], marker="o", capsize=3, label=run.labels[key])
+    if run.limits and run.limits.limit8_aggregate.median:
+        ax.axhline(run.limits.limit8_aggregate.median, linestyle="--", color="grey", linewidth=1,
+                   label="C API limit, 8 sequences in one batch")
     ax.set_xscale("log", base=2)
     levels_all = sorted({x for lv in run.levels.values() for x in lv})
     ax.set_xticks(levels_all, [str(x) for x in levels_all])

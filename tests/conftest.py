@@ -204,6 +204,15 @@ def engine(settings: Settings) -> Engine:
 
 
 @pytest.fixture(scope="session")
+def serial_engine(settings: Settings) -> Engine:
+    """``--deterministic``: one sequence at a time and no cache, for tests that compare text across
+    requests (batch shapes and cached prefixes change floats: see backends/local/batching.py)."""
+    engine = Engine(settings.model_copy(update={"deterministic": True, "embeddings": False}))
+    engine.load()
+    return engine
+
+
+@pytest.fixture(scope="session")
 def running(settings: Settings, engine: Engine) -> Iterator[RunningServer]:
     server = start_server(settings, engine)
     yield server
@@ -216,16 +225,28 @@ def server(running: RunningServer) -> str:
     return running.base_url
 
 
+@pytest.fixture(scope="session")
+def serial_running(serial_engine: Engine) -> Iterator[RunningServer]:
+    server = start_server(serial_engine.settings, serial_engine)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def serial_client(serial_running: RunningServer) -> openai.OpenAI:
+    """A client of a ``--deterministic`` server, for tests that compare text across requests."""
+    return openai.OpenAI(base_url=serial_running.base_url, api_key="not-needed", max_retries=0, timeout=120)
+
+
 @pytest.fixture(autouse=True)
 def _contract(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fails any test during which a server answered outside the JSON Schemas."""
-    if "running" not in request.fixturenames and "server" not in request.fixturenames:
-        yield
-        return
-    running: RunningServer = request.getfixturevalue("running")
-    before = len(running.contract.violations)
+    names = [name for name, used in (("running", {"running", "server"}), ("serial_running", {"serial_running"}))
+             if used & set(request.fixturenames)]
+    servers: list[RunningServer] = [request.getfixturevalue(name) for name in names]
+    before = [len(s.contract.violations) for s in servers]
     yield
-    new = running.contract.violations[before:]
+    new = [v for s, n in zip(servers, before) for v in s.contract.violations[n:]]
     assert not new, "responses violated schemas/:\n" + "\n".join(new)
 
 

@@ -242,7 +242,7 @@ def provoked(doc: dict[str, Any], running: RunningServer, settings: Settings, en
         for root in serve(settings, NeverLoads(settings)):
             list(each(root))
     # 429: one generation running, no room in the queue
-    busy = LocalBackend(settings.model_copy(update={"max_queue": 0, "n_ctx": 512}))
+    busy = LocalBackend(settings.model_copy(update={"max_queue": 0, "n_ctx": 512, "deterministic": True}))
     busy.load()
     for root in serve(busy.settings, busy):
         while busy.queue_depth:  # the app's start-up job (backend.start) still holds the worker

@@ -475,11 +475,12 @@ class BatchingRunner:
     def _step(self) -> None:
         l, batch = self._l, self.batch
         batch.clear()
-        for slot in self.slots:  # first the next token of every generating sequence...
+        for slot in self.slots:
             slot.in_batch, slot.chunk = -1, 0
-            if slot.request is not None and slot.request.cancel.is_set():
+            if slot.request is not None and slot.request.cancel.is_set():  # the client has gone
                 self._cancel(slot.request)
-            elif slot.next_token is not None:
+        for slot in self.slots:  # first the next token of every generating sequence...
+            if slot.next_token is not None:
                 slot.in_batch = batch.add_one(slot.next_token, len(slot.tokens), slot.seq)
         room = batch.capacity - batch.n
         for slot in self._prefilling():  # ...then as much prompt as fits (chunked prefill)
@@ -503,7 +504,7 @@ class BatchingRunner:
                 slot.tokens += slot.todo[:slot.chunk]
                 del slot.todo[:slot.chunk]
                 self.stats["prompt_evaluated"] += slot.chunk
-            elif slot.in_batch >= 0:
+            elif slot.in_batch >= 0 and slot.next_token is not None:
                 slot.tokens.append(slot.next_token)
         for slot in self.slots:
             if slot.in_batch >= 0 and slot.request is not None:

@@ -2,7 +2,8 @@
 
 On 127.0.0.1 only, for ``--minutes`` (or ``--max-requests``), several kinds of clients at once:
 
-- good: chat (plain and streamed), completions, embeddings, now and then a forced tool call;
+- good: chat (plain and streamed), completions, embeddings, the Responses API, now and then a
+  forced tool call;
 - malformed: broken JSON, deep nesting, wrong types, wrong Content-Type, bytes that are not
   UTF-8, unknown models, NaN, numbers past every limit;
 - oversized: bodies past --max-body-bytes, declared (Content-Length) and chunked;
@@ -92,8 +93,11 @@ class Soak:
                                             "stream_options": {"include_usage": True}}
         if r < 0.75:
             return "/v1/completions", {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 12}
-        if r < 0.93:
+        if r < 0.88:
             return "/v1/embeddings", {"model": MODEL, "input": ["first text", "second text"]}
+        if r < 0.94:
+            return "/v1/responses", {"model": MODEL, "input": "Say hello in five words.", "max_output_tokens": 16,
+                                     "stream": random.random() < 0.5}
         return "/v1/chat/completions", {"model": MODEL, "max_tokens": 48, "tools": [TOOL], "tool_choice": "required",
                                         "messages": [{"role": "user", "content": "Weather in Paris?"}]}
 
@@ -103,10 +107,15 @@ class Soak:
         try:
             if body.get("stream"):
                 async with client.stream("POST", self.root + path, json=body) as r:
-                    text = "".join([line async for line in r.aiter_lines()])
-                    status = r.status_code
-                    if status == 200 and not text.endswith("data: [DONE]"):
-                        self.record(bucket, "stream without [DONE]", f"stream ended badly: {text[-200:]}")
+                    lines = [line async for line in r.aiter_lines() if line]
+                    status, text = r.status_code, "\n".join(lines[-3:])
+                    if path == "/v1/responses":  # the last event is response.completed (or .incomplete)
+                        names = [line for line in lines if line.startswith("event: ")]
+                        ok = bool(names) and names[-1] in ("event: response.completed", "event: response.incomplete")
+                    else:
+                        ok = bool(lines) and lines[-1] == "data: [DONE]"
+                    if status == 200 and not ok:
+                        self.record(bucket, "stream ended badly", f"stream ended badly: {text[-300:]}")
                         return
             else:
                 r = await client.post(self.root + path, json=body)

@@ -250,7 +250,7 @@ class ToolChoiceFunction(_Part):
 
 class AllowedTool(_Part):
     type: str
-    name: str | None = None
+    name: str  # a function's: without it, to_chat's chat request was invalid (a 500)
 
     @field_validator("type")
     @classmethod

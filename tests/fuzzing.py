@@ -172,7 +172,9 @@ def judge(case: Any, response: Any, mode: GenerationMode, doc: dict[str, Any], t
     try:
         case.validate_response(response, checks=[not_a_server_error, status_code_conformance,
                                                   content_type_conformance, response_schema_conformance])
-    except Exception as exc:  # schemathesis's FailureGroup: one line per failed check
+    except BaseException as exc:  # schemathesis's FailureGroup (an exception group): one line per failed check
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
         problems.append(str(exc).strip().splitlines()[0] + ": " + " | ".join(
             getattr(f, "title", str(f)) for f in getattr(exc, "exceptions", [])))
     content_type = response.headers.get("content-type") or [""]  # schemathesis keeps every value of a header

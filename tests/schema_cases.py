@@ -320,4 +320,18 @@ SERVED = [
     Served("embedding_request", "empty input", {"input": ""}, False),
     Served("embedding_request", "an empty string among the inputs", {"input": ["first text", ""]}, False, example=1),
     Served("embedding_request", "an empty token list among the inputs", {"input[1]": []}, False, example=2),
+    Served("response_request", "allowed tool without a name (was a 500)",
+           {"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function"}]}}, False, example=4),
+    Served("response_request", "allowed tool named", {"tool_choice": {"type": "allowed_tools", "mode": "auto", "tools": [
+        {"type": "function", "name": "get_weather"}]}}, True, example=4),
+    Served("response_request", "background response", {"background": True}, False),
+    Served("response_request", "truncation auto", {"truncation": "auto"}, False),
+    Served("response_request", "top_logprobs without the logprobs include", {"top_logprobs": 2}, False),
+    Served("response_request", "an image part", {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "https://example.com/cat.png"}]}]}, False),
+    Served("response_request", "output_text in a user message", {"input": [{"role": "user", "content": [
+        {"type": "output_text", "text": "Paris"}]}]}, False),
+    Served("response_request", "a built-in tool", {"tools": [{"type": "web_search"}]}, False),
+    Served("response_request", "max_output_tokens as a string", {"max_output_tokens": "32"}, False),
+    Served("response_request", "max_output_tokens as 32.0", {"max_output_tokens": 32.0}, True),
 ]

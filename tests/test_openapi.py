@@ -24,7 +24,7 @@ import uvicorn
 from jsonschema import Draft202012Validator
 
 import schemas
-from conftest import EOG_TOKENS, MODEL, RunningServer, start_server
+from conftest import MODEL, RunningServer
 from reference_server import Settings, create_app
 from reference_server.backends.local import LocalBackend
 from fuzzing import short_generations
@@ -241,18 +241,25 @@ def provoked(doc: dict[str, Any], running: RunningServer, settings: Settings, en
         # 503: the real backend before its model has loaded
         for root in serve(settings, NeverLoads(settings)):
             list(each(root))
-    # 429: one generation running, no room in the queue
+    # 429: the worker busy (held by a job that waits for us), no room in the queue; the serial runner
     busy = LocalBackend(settings.model_copy(update={"max_queue": 0, "n_ctx": 512, "deterministic": True}))
     busy.load()
     for root in serve(busy.settings, busy):
         while busy.queue_depth:  # the app's start-up job (backend.start) still holds the worker
             time.sleep(0.01)
-        long = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a story."}], "max_tokens": 400,
-                "stream": True, "logit_bias": {str(t): -100 for t in EOG_TOKENS}}
-        with httpx.stream("POST", root + "/v1/chat/completions", json=long, timeout=120) as running_stream:
-            assert running_stream.status_code == 200
-            next(running_stream.iter_lines())
-            list(each(root))
+        release = threading.Event()
+
+        async def hold() -> None:
+            busy._worker.reserve()
+            await busy._worker.submit(lambda: release.wait(120))
+
+        holder = threading.Thread(target=asyncio.run, args=(hold(),))
+        holder.start()
+        while not busy.queue_depth:
+            time.sleep(0.01)
+        list(each(root))
+        release.set()
+        holder.join()
     asyncio.run(busy.close())
     return seen, keyed_doc
 

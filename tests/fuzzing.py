@@ -232,8 +232,10 @@ def _stream_problems(text: str, case: Any, doc: dict[str, Any]) -> list[str]:
     done = any(b.get("const") == "[DONE]" for b in branches)
     validator = Draft202012Validator({**event, "components": doc["components"]})
     problems, datas = [], []
-    for frame in (f for f in re.split(r"\r?\n\r?\n", text) if f.strip()):
-        lines = frame.splitlines()
+    # SSE ends lines with CRLF, LF or CR only; str.splitlines would also split at U+0085 or U+2028,
+    # which a model may well write (and JSON leaves unescaped).
+    for frame in (f for f in re.split(r"(?:\r\n|\r|\n){2}", text) if f.strip()):
+        lines = re.split(r"\r\n|\r|\n", frame)
         strange = [line for line in lines if not line.startswith(("data:", "event:", "id:", "retry:", ":"))]
         data = "\n".join(line[len("data:"):].removeprefix(" ") for line in lines if line.startswith("data:"))
         if strange or not data:

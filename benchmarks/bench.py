@@ -40,10 +40,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.append(str(ROOT))  # run as a script from anywhere: reference_server, coursekit
 
-from contenders import (Contender, InProcess, Server, peer_available, peer_server,  # noqa: E402
-                        reference_server)
+import llama_server as llama_server_build  # noqa: E402
+from contenders import (Contender, InProcess, LowLevel, Server, llama_server, peer_available,  # noqa: E402
+                        peer_server, reference_server)
 from machine import LoadMeter, machine_info, machine_lines  # noqa: E402
-from report import Level, Run, Single, markdown, plot  # noqa: E402
+from report import Chat, Level, Limits, Run, Single, markdown, plot  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -62,6 +63,45 @@ def conversation(tag: str) -> list[dict[str, str]]:
     return [{"role": "system", "content": f"[{zlib.crc32(tag.encode()):08x}] You are a helpful storyteller."},
             {"role": "user", "content": "Tell me a long story about a lighthouse keeper and a storm."}]
 # --8<-- [end:conversation]
+
+
+# --8<-- [start:chat_history]
+TRIP = ["Lisbon", "Porto", "Coimbra", "Sintra"]
+
+
+def chat_history(tag: str, reply4: str | None = None, upto: int = 5) -> list[dict[str, str]]:
+    """A trip-planning chat of about 1,000 tokens at turn 5; the first line is unique per ``tag``.
+
+    ``upto=4`` stops at the fourth question (the request whose answer a client keeps), and
+    ``reply4`` is that answer when it came from the server (else a fixed one).
+    """
+    msgs = [{"role": "system", "content": f"[{zlib.crc32(tag.encode()):08x}] You are a travel assistant. "
+                                          "Remember everything the traveller tells you."}]
+    for turn, city in enumerate(TRIP, 1):
+        msgs.append({"role": "user", "content": f"Day {turn} of my trip is in {city}. What should I see there, "
+                                                f"and where should I eat in the evening?"})
+        if turn == 4 and upto == 4:
+            return msgs
+        if turn == 4 and reply4 is not None:
+            msgs.append({"role": "assistant", "content": reply4})
+            continue
+        plan = " ".join(f"In the {part} of day {turn}, walk through the old streets of {city}, stop at "
+                        f"{sight}, and take your time: {city} rewards travellers who slow down."
+                        for part, sight in (("morning", "the cathedral and the market hall"),
+                                            ("late morning", "a small museum of tiles and local crafts"),
+                                            ("afternoon", "the river front and the gardens above it"),
+                                            ("early evening", "a viewpoint over the roofs at sunset")))
+        msgs.append({"role": "assistant", "content": plan + f" For dinner in {city}, book a family-run tavern "
+                                                            "near the centre and ask for the fish of the day."})
+    msgs.append({"role": "user", "content": "Which of these four cities did I say I would visit on day 2, "
+                                            "and what did you suggest for its evening?"})
+    return msgs
+# --8<-- [end:chat_history]
+
+
+def short_prompt(tag: str) -> str:
+    """About 10 tokens, unique in its first ones."""
+    return f"[{zlib.crc32(tag.encode()):08x}] Once upon a time"
 
 
 def seed_of(tag: str) -> int:
@@ -114,6 +154,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(repeatable)")
     p.add_argument("--no-peer", action="store_true", help="leave llama-cpp-python's server out")
     p.add_argument("--no-concurrency", action="store_true", help="skip the concurrency test")
+    p.add_argument("--parallel", type=int, default=8,
+                   help="slots of the batching contenders: the reference server, llama-server, the runner (default 8)")
+    p.add_argument("--no-serial", action="store_true", help="leave the serial reference server (--deterministic) out")
+    p.add_argument("--no-llama-server", action="store_true", help="leave llama.cpp's llama-server out")
+    p.add_argument("--build-llama-server", action="store_true",
+                   help="build llama-server first if it is not built (about 10 minutes on 2 cores, once)")
+    p.add_argument("--no-lowlevel", action="store_true",
+                   help="skip the C-API limit and the in-process batching runner (benchmarks/lowlevel.py)")
+    p.add_argument("--chat-repeats", type=int, help="repeats of the chat turn-5 test (default 3; quick 1; 0 skips it)")
     p.add_argument("--out", type=Path, default=RESULTS / "latest.md", help="report file (default %(default)s)")
     p.add_argument("--plot", type=Path, default=RESULTS / "throughput.png", help="plot file (default %(default)s)")
     p.add_argument("--save", action="store_true",
@@ -122,7 +171,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     quick = args.quick
     for name, default, small in (("repeats", 5, 2), ("concurrency_repeats", 3, 1), ("tokens", 128, 64),
-                                 ("concurrent_tokens", 64, 32), ("requests_per_client", 2, 1)):
+                                 ("concurrent_tokens", 64, 32), ("requests_per_client", 2, 1),
+                                 ("chat_repeats", 3, 1)):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else default)
     if quick:
@@ -308,6 +358,80 @@ class Guard:
         return [line]
 
 
+# ---- the limit, the runner in-process, and a chat's fifth turn -----------------------------------
+
+def lowlevel_round(low: LowLevel, lim: Limits, r: int, args: argparse.Namespace, ban: dict[str, int]) -> str:
+    """One repeat of benchmarks/lowlevel.py's figures: the C-API limit and the runner, 1 and N sequences."""
+    n = args.parallel
+    try:
+        one = low.limit(1, args.tokens, f"limit1-{r}")
+        many = low.limit(n, args.concurrent_tokens, f"limit{n}-{r}")
+        lim.limit1_decode.add(one["decode_tps"])
+        lim.limit1_first.add(one["first_s"])
+        lim.limit8_aggregate.add(many["aggregate_tps"])
+        lim.limit8_decode.add(many["decode_tps"])
+        alone = low.runner(1, 1, args.tokens, f"runner1-{r}", ban, r)["streams"][0]
+        level = low.runner(n, 1, args.concurrent_tokens, f"runner{n}-{r}", ban, r)
+    except Exception as exc:
+        lim.errors.append(f"{type(exc).__name__}: {exc}")
+        return f"ERROR {type(exc).__name__}: {exc}"
+    decode = (alone["tokens"] - 1) / (alone["last"] - alone["ttft"]) if alone["tokens"] > 1 else None
+    lim.runner1_decode.add(decode)
+    lim.runner1_ttft.add(alone["ttft"])
+    tokens = sum(s["tokens"] for s in level["streams"])
+    lim.runner8_aggregate.add(tokens / level["wall"])
+    if alone["tokens"] != args.tokens or tokens != n * args.concurrent_tokens:
+        lim.errors.append(f"the runner was not forced to full length ({alone['tokens']}, {tokens})")
+    return (f"C API {one['decode_tps']:.1f} tok/s alone, {many['aggregate_tps']:.1f} aggregate x{n}; runner "
+            f"{decode or 0:.1f} tok/s alone, {tokens / level['wall']:.1f} aggregate x{n}")
+
+
+CHAT_CONTENDERS = ("reference", "reference-serial", "llama-server", "peer", "peer-T")
+
+
+def chat_round(c: Server, ch: Chat, r: int, attempt: int) -> str:
+    tag = f"chat-{r}-{attempt}"
+    try:
+        shorts = []
+        for k in range(3):
+            t, n = c.completion_ttft(short_prompt(f"{tag}-short-{k}"), seed_of(tag))
+            shorts.append(t)
+            ch.short_tokens = n or ch.short_tokens
+        cold = c.stream(chat_history(f"{tag}-cold"), 8, {}, seed_of(tag))
+        reply = c.reply_text(chat_history(f"{tag}-warm", upto=4), 32, seed_of(tag))
+        warm = c.stream(chat_history(f"{tag}-warm", reply4=reply), 8, {}, seed_of(tag))
+    except Exception as exc:
+        ch.errors.append(f"{type(exc).__name__}: {exc}")
+        return f"ERROR {type(exc).__name__}: {exc}"
+    short = statistics.median(t for t in shorts if t is not None) if any(shorts) else None
+    ch.ttft10.add(short)
+    ch.cold.add(cold.ttft)
+    ch.cached.add(warm.ttft)
+    ch.prompt_tokens = cold.prompt_tokens or ch.prompt_tokens
+    return (f"short prompt {1000 * (short or 0):.0f} ms; turn 5 cold {1000 * (cold.ttft or 0):.0f} ms, "
+            f"after turn 4 {1000 * (warm.ttft or 0):.0f} ms")
+
+
+def chat_phase(contenders: list[Server], chat: dict[str, Chat], args: argparse.Namespace, guard: "Guard") -> None:
+    for r in range(args.chat_repeats):
+        for c in rotate(contenders, r):
+            for attempt in guard.attempts():
+                scratch = Chat()
+                with guard.meter.measure() as window:
+                    shown = chat_round(c, scratch, r, attempt)
+                if guard.accept(window.other, attempt):
+                    break
+                say(f"  [chat {r + 1}/{args.chat_repeats}] {c.key}: {shown}; other processes took "
+                    f"{window.other:.0%} of the CPU: again")
+            mine = chat[c.key]
+            for name in ("ttft10", "cold", "cached"):
+                getattr(mine, name).samples += getattr(scratch, name).samples
+            mine.prompt_tokens = scratch.prompt_tokens or mine.prompt_tokens
+            mine.short_tokens = scratch.short_tokens or mine.short_tokens
+            mine.errors += scratch.errors
+            say(f"  [chat {r + 1}/{args.chat_repeats}] {c.key}: {shown}" + guard.remark(window.other))
+
+
 # ---- main ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,8 +452,25 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
 
     inproc = InProcess(model, args.n_ctx, args.threads)
-    ref = reference_server(model=model, n_ctx=args.n_ctx, threads=args.threads, log_dir=log_dir)
-    servers: list[Server] = [ref]
+    common_ref = dict(model=model, n_ctx=args.n_ctx, threads=args.threads, log_dir=log_dir)
+    servers: list[Server] = [reference_server(parallel=args.parallel, **common_ref)]
+    if not args.no_serial:
+        servers.append(reference_server(key="reference-serial", deterministic=True, **common_ref))
+    if args.no_llama_server:
+        notes.append("llama.cpp's llama-server: left out (--no-llama-server)")
+    else:
+        binary, why = llama_server_build.find()
+        if binary is None and args.build_llama_server:
+            try:
+                binary = llama_server_build.build(log=say)
+            except Exception as exc:  # reported, and the row left out
+                why = f"the build failed ({type(exc).__name__}: {exc})"
+        if binary is None:
+            notes.append(f"llama.cpp's llama-server: {why}")
+        else:
+            servers.append(llama_server(binary, model=model, n_ctx=args.n_ctx, threads=args.threads,
+                                        parallel=args.parallel, log_dir=log_dir))
+    low = None if args.no_lowlevel else LowLevel(model, args.n_ctx, args.threads, args.parallel, log_dir)
     peers: list[Server] = []
     why_not = None if not args.no_peer else "left out (--no-peer)"
     why_not = why_not or peer_available()
@@ -354,9 +495,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"bench: starting {len(servers)} servers (logs in {log_dir}) and loading the model in-process")
         for s in servers:
             s.start()
+        if low:
+            low.start()
         inproc.start()
         for s in servers:
             s.wait_ready(timeout=180)
+        if low:
+            low.wait_ready()
         say("bench: warming up")
         for c in singles:
             if c.generates:
@@ -364,10 +509,11 @@ def main(argv: list[str] | None = None) -> int:
                 c.complete(conversation(f"warm2-{c.key}"), 16, ban, 2)
             if c.embeds:
                 c.embed(SENTENCES[:args.batch])
-        meter = LoadMeter([os.getpid()] + [s.proc.pid for s in servers if s.proc])
+        meter = LoadMeter([os.getpid()] + [s.proc.pid for s in servers if s.proc] + ([low.proc.pid] if low and low.proc else []))
         guard = Guard(meter, args.max_other_load, args.retries, args.patience)
 
         single = {c.key: Single() for c in singles}
+        limits = Limits(memory=low.memory if low else "")
         for r in range(args.repeats):
             for c in rotate(singles, r):
                 for attempt in guard.attempts():
@@ -380,15 +526,35 @@ def main(argv: list[str] | None = None) -> int:
                         f"other processes took {window.other:.0%} of the CPU: again")
                 single[c.key].merge(scratch)
                 say(f"  [repeat {r + 1}/{args.repeats}] {c.key}: {shown}" + guard.remark(window.other))
+            if low:
+                for attempt in guard.attempts():
+                    scratch_limits = Limits()
+                    with meter.measure() as window:
+                        shown = lowlevel_round(low, scratch_limits, r, args, ban)
+                    if guard.accept(window.other, attempt):
+                        break
+                    say(f"  [repeat {r + 1}/{args.repeats}] lowlevel: {shown}; "
+                        f"other processes took {window.other:.0%} of the CPU: again")
+                limits.merge(scratch_limits)
+                say(f"  [repeat {r + 1}/{args.repeats}] lowlevel: {shown}" + guard.remark(window.other))
         levels: dict[str, dict[int, Level]] = {c.key: {} for c in concurrent}
         if concurrent:
             asyncio.run(concurrency_phase(concurrent, levels, args, ban, guard))
+        chat = {c.key: Chat() for c in servers if c.key in CHAT_CONTENDERS} if args.chat_repeats else {}
+        if "peer-T" in chat:
+            chat.pop("peer", None)
+        chat_phase([c for c in servers if c.key in chat], chat, args, guard)
     finally:
         for s in servers:
             s.stop()
+        if low:
+            low.stop()
         inproc.stop()
 
     notes += run_notes(single, levels, labels, args)
+    if low:
+        notes += [f"benchmarks/lowlevel.py: {e}" for e in dict.fromkeys(limits.errors)]
+    notes += [f"{labels[k]}, chat: {e}" for k, c in chat.items() for e in dict.fromkeys(c.errors)]
     run = Run(labels=labels, single=single, levels=levels, tokens=args.tokens,
               concurrent_tokens=args.concurrent_tokens, repeats=args.repeats,
               concurrency_repeats=args.concurrency_repeats if concurrent else 0,
@@ -397,7 +563,8 @@ def main(argv: list[str] | None = None) -> int:
               seconds=time.perf_counter() - started,
               command=shlex.join(["python", "benchmarks/bench.py", *(argv if argv is not None else sys.argv[1:])]),
               notes=notes, machine=machine_lines(machine_info(), model, args.n_ctx, args.threads),
-              quiet=guard.summary(), disturbed=guard.warning())
+              quiet=guard.summary(), disturbed=guard.warning(), limits=limits if low else None, chat=chat,
+              chat_repeats=args.chat_repeats)
     text = markdown(run)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

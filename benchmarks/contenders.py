@@ -288,6 +288,26 @@ class Server(Contender):
         reply = self.client.chat.completions.create(**self._request(messages, max_tokens, ban, seed, False))
         return Completion(time.perf_counter() - t0, reply.usage.completion_tokens, reply.usage.prompt_tokens)
 
+    def reply_text(self, messages: list[dict[str, str]], max_tokens: int, seed: int) -> str:
+        """A chat turn's answer, as a client keeps it for the next turn (not timed)."""
+        reply = self.client.chat.completions.create(**self._request(messages, max_tokens, {}, seed, False))
+        return reply.choices[0].message.content or ""
+
+    def completion_ttft(self, prompt: str, seed: int) -> tuple[float | None, int | None]:
+        """Time to the first text of a streamed legacy completion of ``prompt``, and its prompt tokens."""
+        t0 = time.perf_counter()
+        first, usage = None, None
+        kwargs: dict[str, Any] = dict(model=self.model_id, prompt=prompt, max_tokens=4, seed=seed, stream=True,
+                                      temperature=0.0)
+        if self.usage_in_stream:
+            kwargs["stream_options"] = {"include_usage": True}
+        for chunk in self.client.completions.create(**kwargs):
+            if chunk.choices and chunk.choices[0].text and first is None:
+                first = time.perf_counter() - t0
+            if getattr(chunk, "usage", None) is not None:
+                usage = chunk.usage.prompt_tokens
+        return first, usage
+
     def embed(self, texts: list[str]) -> Embeddings:
         t0 = time.perf_counter()
         reply = self.client.embeddings.create(model=self.model_id, input=texts)
@@ -335,12 +355,31 @@ class _StreamReader:
         return Stream(self.first, self.last, time.perf_counter() - self.t0, tokens, self.finish, prompt)
 
 
-def reference_server(*, model: Path, n_ctx: int, threads: int, log_dir: Path) -> Server:
+def reference_server(*, model: Path, n_ctx: int, threads: int, log_dir: Path, key: str = "reference",
+                     parallel: int | None = None, deterministic: bool = False) -> Server:
+    """Our server; ``parallel`` slots (batching), or ``deterministic``: one sequence at a time, no cache."""
     port = free_port()
     argv = [sys.executable, "-m", "reference_server", "--model", str(model), "--port", str(port),
             "--threads", str(threads), "--n-ctx", str(n_ctx)]
-    return Server("reference", f"reference server ({_threads(threads)})", argv, ready_path="/health",
+    how = ""
+    if parallel is not None:
+        argv += ["--parallel", str(parallel)]
+        how = f"batching, {parallel} slots, "
+    if deterministic:
+        argv += ["--deterministic"]
+        how = "serial, --deterministic, "
+    return Server(key, f"reference server ({how}{_threads(threads)})", argv, ready_path="/health",
                   log_dir=log_dir, port=port)
+
+
+def llama_server(binary: Path, *, model: Path, n_ctx: int, threads: int, parallel: int, log_dir: Path) -> Server:
+    """llama.cpp's own server (benchmarks/llama_server.py builds it): its defaults, our slots and threads."""
+    port = free_port()
+    argv = [str(binary), "--model", str(model), "--ctx-size", str(n_ctx * parallel), "--parallel", str(parallel),
+            "--threads", str(threads), "--threads-batch", str(threads), "--host", "127.0.0.1",
+            "--port", str(port), "--no-webui"]
+    return Server("llama-server", f"llama.cpp llama-server ({parallel} slots, {_threads(threads)})", argv,
+                  ready_path="/health", log_dir=log_dir, port=port, embeds=False)
 
 
 def peer_server(key: str, *, model: Path, n_ctx: int, log_dir: Path, threads: int | None = None,
@@ -373,3 +412,68 @@ def peer_available() -> str | None:
     except ImportError as exc:
         return f"llama-cpp-python's server cannot start ({exc}); install the bench extra: pip install -e '.[bench]'"
     return None
+
+
+# ---- the limit and the batching runner without HTTP ----------------------------------------------
+
+class LowLevel:
+    """``benchmarks/lowlevel.py --serve`` in a child process: the C-API limit and the runner in-process."""
+
+    key = "lowlevel"
+
+    def __init__(self, model: Path, n_ctx: int, threads: int, parallel: int, log_dir: Path) -> None:
+        self.argv = [sys.executable, str(Path(__file__).with_name("lowlevel.py")), "--serve", "--model", str(model),
+                     "--n-ctx", str(n_ctx), "--threads", str(threads), "--parallel", str(parallel)]
+        self.log_path = log_dir / "lowlevel.log"
+        self.proc: subprocess.Popen[str] | None = None
+        self.memory = ""
+
+    def start(self) -> None:
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, preexec_fn=_die_with_parent)
+
+    def wait_ready(self) -> None:
+        hello = self._read()
+        self.memory = hello.get("memory", "")
+
+    def _read(self) -> dict[str, Any]:
+        import json
+
+        assert self.proc is not None and self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"benchmarks/lowlevel.py exited; see {self.log_path}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise RuntimeError(f"lowlevel: {answer['error']}")
+        return answer
+
+    def ask(self, **command: Any) -> dict[str, Any]:
+        import json
+
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def limit(self, sequences: int, tokens: int, tag: str) -> dict[str, Any]:
+        return self.ask(op="limit", sequences=sequences, tokens=tokens, tag=tag)
+
+    def runner(self, clients: int, requests: int, tokens: int, tag: str, ban: dict[str, int], seed: int) -> dict[str, Any]:
+        return self.ask(op="runner", clients=clients, requests=requests, tokens=tokens, tag=tag, ban=ban, seed=seed)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            self.ask(op="quit")
+        except Exception:
+            pass
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+

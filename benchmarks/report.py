@@ -94,6 +94,39 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "–" if a is None or not b else f"{a / b:.2f}×"
 
 
+@dataclass
+class Limits:
+    """The C-API limit and the batching runner, both in ``benchmarks/lowlevel.py``'s process (no HTTP)."""
+
+    limit1_decode: Figure = field(default_factory=Figure)     # tok/s, one sequence, after its first token
+    limit1_first: Figure = field(default_factory=Figure)      # s, prompt + first token
+    limit8_aggregate: Figure = field(default_factory=Figure)  # tok/s, 8 sequences, prompts included
+    limit8_decode: Figure = field(default_factory=Figure)     # tok/s, 8 sequences, after their prompts
+    runner1_decode: Figure = field(default_factory=Figure)
+    runner1_ttft: Figure = field(default_factory=Figure)
+    runner8_aggregate: Figure = field(default_factory=Figure)
+    memory: str = ""
+    errors: list[str] = field(default_factory=list)
+
+    def merge(self, other: "Limits") -> None:
+        for name in ("limit1_decode", "limit1_first", "limit8_aggregate", "limit8_decode", "runner1_decode",
+                     "runner1_ttft", "runner8_aggregate"):
+            getattr(self, name).samples += getattr(other, name).samples
+        self.errors += other.errors
+
+
+@dataclass
+class Chat:
+    """Time to first token of a short prompt, and of a chat's fifth turn with and without a cached history."""
+
+    ttft10: Figure = field(default_factory=Figure)   # s, a ~10-token legacy completion prompt
+    cold: Figure = field(default_factory=Figure)     # s, turn 5 of a history no one has seen
+    cached: Figure = field(default_factory=Figure)   # s, turn 5 right after turn 4
+    prompt_tokens: int | None = None                 # turn 5's
+    short_tokens: int | None = None                  # the short prompt's
+    errors: list[str] = field(default_factory=list)
+
+
 # ---- the report ----------------------------------------------------------------------------
 
 @dataclass
@@ -116,6 +149,9 @@ class Run:
     notes: list[str] = field(default_factory=list)
     machine: list[str] = field(default_factory=list)
     quiet: list[str] = field(default_factory=list)  # how busy the neighbours kept the machine
+    limits: Limits | None = None
+    chat: dict[str, Chat] = field(default_factory=dict)
+    chat_repeats: int = 0
     disturbed: str = ""  # said at the top when the neighbours made the figures unreliable
 
 
@@ -198,6 +234,40 @@ def markdown(run: Run) -> str:
                            f"| {_fmt(percentile(lv.latency, 0.95))} | {_fmt(percentile(lv.ttft, 0.95))} | {status} |")
         out.append("")
 
+    if run.limits and (run.limits.limit1_decode.samples or run.limits.errors):
+        lim = run.limits
+        out.append("#### The limit of this build, and the batching runner without HTTP\n")
+        out.append("The C API column is `llama_decode` and llama.cpp's own greedy sampler and nothing else "
+                   "(benchmarks/lowlevel.py), with the runner's context settings (unified KV cache, flash "
+                   "attention); the runner column is reference_server/backends/local/batching.py driven "
+                   "in the same process, events and all.\n")
+        out.append("| figure | C API | batching runner | runner / C API |")
+        out.append("|---|---:|---:|---:|")
+        rows = [(f"one sequence: decode tok/s ({run.tokens} tokens)", lim.limit1_decode, lim.runner1_decode, "{:.1f}", 1),
+                ("one sequence: prompt + first token ms", lim.limit1_first, lim.runner1_ttft, "{:.1f}", 1000),
+                (f"8 sequences: aggregate tok/s ({run.concurrent_tokens} tokens each, prompts included)",
+                 lim.limit8_aggregate, lim.runner8_aggregate, "{:.1f}", 1),
+                ("8 sequences: decode tok/s after the prompts", lim.limit8_decode, Figure(), "{:.1f}", 1)]
+        for name, a, b, fmt, scale in rows:
+            out.append(f"| {name} | {a.show(fmt, scale)} | {b.show(fmt, scale)} | {_ratio(b.median, a.median)} |")
+        out.append("")
+        if lim.memory:
+            out.append(f"The runner's start-up report: {lim.memory}.\n")
+
+    if run.chat:
+        tokens = next((c.prompt_tokens for c in run.chat.values() if c.prompt_tokens), None)
+        short = next((c.short_tokens for c in run.chat.values() if c.short_tokens), None)
+        out.append(f"#### A chat's fifth turn ({tokens or '~1,000'} prompt tokens), {run.chat_repeats} repeats\n")
+        out.append(f"Streamed; TTFT in ms. *Short prompt*: a legacy completion of {short or 'about 10'} tokens. "
+                   "*Without cache*: turn 5 of a history the server has not seen. *With cache*: turn 5 right "
+                   "after turn 4 was answered (the client sends back the answer it got).\n")
+        out.append("| contender | short prompt | turn 5 without cache | turn 5 with cache | with cache / short prompt |")
+        out.append("|---|---:|---:|---:|---:|")
+        for key, c in run.chat.items():
+            out.append(f"| {L[key]} | {c.ttft10.show('{:.0f}', 1000)} | {c.cold.show('{:.0f}', 1000)} "
+                       f"| {c.cached.show('{:.0f}', 1000)} | {_ratio(c.cached.median, c.ttft10.median)} |")
+        out.append("")
+
     targets = _targets(run)
     if targets:
         out.append("#### Targets (reported, not asserted)\n")
@@ -227,6 +297,29 @@ def _targets(run: Run) -> list[tuple[str, str, bool]]:
     if ref and inproc and ref.ttft.median is not None and inproc.ttft.median is not None:
         d = (ref.ttft.median - inproc.ttft.median) * 1000
         out.append(("TTFT overhead over in-process ≤ 10 ms", f"{d:+.1f} ms", d <= 10))
+    lim = run.limits
+    if lim and ref and ref.decode.median and lim.limit1_decode.median:
+        r = ref.decode.median / lim.limit1_decode.median
+        out.append(("single stream over HTTP ≥ 95% of the C-API limit (decode tok/s)", f"{r:.1%}", r >= 0.95))
+    if lim and lim.runner1_decode.median and lim.limit1_decode.median:
+        r = lim.runner1_decode.median / lim.limit1_decode.median
+        out.append(("single stream, runner in-process ≥ 95% of the C-API limit", f"{r:.1%}", r >= 0.95))
+    top_ref = run.levels.get("reference", {}).get(8)
+    if lim and top_ref and top_ref.throughput.median and lim.limit8_aggregate.median:
+        r = top_ref.throughput.median / lim.limit8_aggregate.median
+        out.append(("8 clients over HTTP: aggregate ≥ 90% of the 8-sequence limit", f"{r:.1%}", r >= 0.90))
+    if lim and lim.runner8_aggregate.median and lim.limit8_aggregate.median:
+        r = lim.runner8_aggregate.median / lim.limit8_aggregate.median
+        out.append(("8 clients, runner in-process: aggregate ≥ 90% of the 8-sequence limit", f"{r:.1%}", r >= 0.90))
+    top_ls = run.levels.get("llama-server", {}).get(8)
+    if top_ref and top_ls and top_ref.throughput.median and top_ls.throughput.median:
+        a, b = top_ref.throughput.median, top_ls.throughput.median
+        out.append(("8 clients: aggregate tok/s ≥ llama-server's", f"{a:.1f} vs {b:.1f} ({a / b:.2f}×)", a >= b))
+    chat = run.chat.get("reference")
+    if chat and chat.cached.median and chat.ttft10.median:
+        r = chat.cached.median / chat.ttft10.median
+        out.append(("turn-5 TTFT with the cache ≤ 2× the TTFT of a short prompt",
+                    f"{chat.cached.median * 1000:.0f} vs {chat.ttft10.median * 1000:.0f} ms ({r:.2f}×)", r <= 2))
     levels = run.levels.get("reference", {})
     if levels:
         top = max(levels)
@@ -259,6 +352,9 @@ def plot(run: Run, path: Path) -> bool:
         lows = [m - min(levels[x].throughput.samples, default=m) for x, m in zip(xs, mids)]
         highs = [max(levels[x].throughput.samples, default=m) - m for x, m in zip(xs, mids)]
         ax.errorbar(xs, mids, yerr=[lows, highs], marker="o", capsize=3, label=run.labels[key])
+    if run.limits and run.limits.limit8_aggregate.median:
+        ax.axhline(run.limits.limit8_aggregate.median, linestyle="--", color="grey", linewidth=1,
+                   label="C API limit, 8 sequences in one batch")
     ax.set_xscale("log", base=2)
     levels_all = sorted({x for lv in run.levels.values() for x in lv})
     ax.set_xticks(levels_all, [str(x) for x in levels_all])

@@ -6,6 +6,8 @@
     coursekit checkpoint compare LOG REF  how a machine differs from a reference
     coursekit checkpoint merge LOG...     a room's logs, a table per machine
     coursekit machine                     this machine's record fields, as JSON
+    coursekit export NOTEBOOK...          write notebooks' %%export cells into myserver/, without running them
+    coursekit export --solutions NN       ... the solutions of labs 01 to NN (to continue from them)
     coursekit conform --base-url URL      check an OpenAI-compatible server, a row per feature
     coursekit exam --base-url URL         the same: the course's final exam
 """
@@ -17,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import checkpoint, generate, report
+from . import checkpoint, export, generate, report
 
 
 def _shown(path: Path) -> str:
@@ -90,6 +92,26 @@ def _checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    root = Path(args.to).resolve() if args.to else export.package_root()
+    notebooks = [Path(n) for n in args.notebooks]
+    if args.solutions:
+        folder = checkpoint.repository_root() / "solutions"
+        notebooks += [p for p in sorted(folder.glob("*.ipynb")) if p.stem[:2] <= args.solutions.zfill(2)]
+    if not notebooks:
+        print("usage: coursekit export NOTEBOOK... | --solutions NN [--to FOLDER]", file=sys.stderr)
+        return 2
+    try:
+        touched = export.export_notebooks(notebooks, root)
+    except (export.ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in touched:
+        print(f"wrote {_shown(path)}")
+    print(f"{len(touched)} modules from {len(notebooks)} notebooks in {_shown(export.package_dir(root))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coursekit", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     machine = sub.add_parser("machine", help="print this machine's description (JSON)")
     machine.set_defaults(run=lambda _: print(json.dumps(checkpoint.machine_info(), indent=2)) or 0)
 
+    ex = sub.add_parser("export", help="write notebooks' %%%%export cells into your package, without running them")
+    ex.add_argument("notebooks", nargs="*", metavar="NOTEBOOK")
+    ex.add_argument("--solutions", metavar="NN", help="export the solutions of labs 01 to NN")
+    ex.add_argument("--to", metavar="FOLDER", help="the folder that holds myserver/ "
+                                                  "(default: $COURSE_PACKAGE_DIR, else the repository root)")
+    ex.set_defaults(run=_export)
     from . import conform as conform_module
     conform = sub.add_parser("conform", aliases=["exam"], help="check a server against OpenAI's API, feature by "
                              "feature (exit 0 if every required feature passes)",

@@ -26,6 +26,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: name -> passed? (the latest run of each check in this kernel)
 RESULTS: dict[str, bool] = {}
 
+#: name -> how many times the check failed in this kernel: graded hints give the nudge first
+FAILURES: dict[str, int] = {}
+
+#: name -> the concrete hint of its latest failure (what ``hint()`` shows)
+CONCRETE: dict[str, str] = {}
+
 
 @dataclass(frozen=True)
 class Section:
@@ -106,26 +112,52 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def check(name: str, *, section: Section, hint: str) -> Callable[[F], F]:
+def _graded(name: str, nudge: str | None, concrete: str, call: str) -> str:
+    """The hint a failure shows: with a nudge, the nudge the first time, the concrete shape after.
+
+    A learner who reads the shape at once copies it without meeting the idea; the nudge names the
+    idea (the section to reread is printed under it), and the shape waits for a second try or
+    for ``hint(check)``.
+    """
+    CONCRETE[name] = concrete
+    FAILURES[name] = FAILURES.get(name, 0) + 1
+    if nudge is None or FAILURES[name] > 1:
+        return concrete
+    return f"{nudge}\n   (stuck? run the check again after a try, or check.hint({call}), for a more concrete hint)"
+
+
+def hint(which: Any) -> None:
+    """Prints the concrete hint of a check (the function, or its name): the second grade, on request."""
+    name = getattr(which, "check_name", which)
+    text = CONCRETE.get(name) or getattr(which, "concrete_hint", None)
+    FAILURES[name] = max(FAILURES.get(name, 0), 1)
+    print(f"💡 {name}: {text}" if text else f"no hint for {which!r}: pass one of the lab's checks")
+
+
+def check(name: str, *, section: Section, hint: str, nudge: str | None = None) -> Callable[[F], F]:
     """Makes a function a learner-facing check.
 
     The function raises :class:`Mismatch` for a wrong answer and returns the success line.
-    If the learner's code raises while being checked, that becomes the feedback too.
+    If the learner's code raises while being checked, that becomes the feedback too. With a
+    ``nudge`` (the concept, in a sentence, never code) the hints are graded: see :func:`_graded`.
     """
     def decorate(fn: F) -> F:
+        call = f"check.{fn.__name__}"
+
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> None:
             try:
                 message = fn(*args, **kwargs)
             except Mismatch as m:
-                raise _failed(LabCheckFailed(name, m.what, hint=m.hint or hint,
+                raise _failed(LabCheckFailed(name, m.what, hint=_graded(name, nudge, m.hint or hint, call),
                                              section=m.section or section, details=m.details)) from None
             except LabCheckFailed as error:
                 raise _failed(error) from None
             except Exception as exc:  # the learner's code broke while we ran it
-                raise _failed(LabCheckFailed(name, f"your code raised {describe(exc)}", hint=hint,
-                                             section=section)) from exc
+                raise _failed(LabCheckFailed(name, f"your code raised {describe(exc)}",
+                                             hint=_graded(name, nudge, hint, call), section=section)) from exc
             passed(name, message or name)
+        run.concrete_hint, run.nudge = hint, nudge  # type: ignore[attr-defined]
         run.check_name = name  # type: ignore[attr-defined]
         run.section = section  # type: ignore[attr-defined]
         return run  # type: ignore[return-value]

@@ -33,7 +33,7 @@ _BEGIN_RE = re.compile(r"^(\s*)### BEGIN SOLUTION\b")
 _END_RE = re.compile(r"^(\s*)### END SOLUTION\b")
 _STUB_RE = re.compile(r"^(\s*)# STUB:(?: (.*)|)$")
 _NBVAL_RE = re.compile(r"^\s*# NBVAL_[A-Z_]+\s*$")
-_KEPT_CELL_METADATA = ("tags",)
+_KEPT_CELL_METADATA = ("tags", "jupyter")  # jupyter: a given cell shown collapsed
 
 
 class GenerationError(ValueError):

@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from . import accounting, errors, lifecycle, limits, metrics, openapi, request_limits
-from .api import chat, completions, embeddings, health, models, responses
+from .api import anthropic, chat, completions, embeddings, health, llamacpp, models, ollama, responses
 from .api.auth import require_api_key
 from .limits import enforce_limits
 from .backends.base import Backend
@@ -77,6 +77,11 @@ def create_app(settings: Settings | None = None, *, backend: Backend | None = No
         app.include_router(router, prefix="/v1", dependencies=v1)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    # Other protocols (chapter 10): each is documented by its own JSON Schemas in schemas/ and
+    # course/reference/endpoints.md, not in this OpenAPI document of the OpenAI API.
+    app.include_router(ollama.router, prefix="/api", dependencies=v1, include_in_schema=False)
+    app.include_router(anthropic.router, prefix="/v1", dependencies=v1, include_in_schema=False)
+    app.include_router(llamacpp.router, dependencies=v1, include_in_schema=False)
     # --8<-- [end:mount_routers]
     return app
 # --8<-- [end:create_app]

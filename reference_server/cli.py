@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", dest="model_path", metavar="PATH",
                    help=f"GGUF model file (default: the embedded SmolLM2-135M-Instruct) [{env('MODEL_PATH')}]")
     p.add_argument("--model-id", help=f"model id clients send (default: file name without .gguf) [{env('MODEL_ID')}]")
-    p.add_argument("--n-ctx", type=int, help=f"context window in tokens (default 4096) [{env('N_CTX')}]")
+    p.add_argument("--n-ctx", type=int, help=f"context window in tokens, per slot (default 4096) [{env('N_CTX')}]")
     p.add_argument("--threads", dest="n_threads", type=int, help=f"CPU threads (default: all cores) [{env('N_THREADS')}]")
     p.add_argument("--host", help=f"address to bind (default 127.0.0.1) [{env('HOST')}]")
     p.add_argument("--port", type=int, help=f"port (default 8000; 0 picks a free one) [{env('PORT')}]")
@@ -45,6 +45,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra-buffers", choices=("auto", "on", "off"),
                    help="llama.cpp's extra weight buffers (AMX, REPACK); auto, the default, turns them off "
                         f"when the library was built with AMX, whose path crashes [{env('EXTRA_BUFFERS')}]")
+    p.add_argument("--parallel", type=int, help=f"slots: requests decoded together in one batch (default 4) [{env('PARALLEL')}]")
+    p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
+                   help=f"evaluate every prompt whole [{env('PREFIX_CACHE')}=false]")
+    p.add_argument("--deterministic", action="store_const", const=True,
+                   help=f"one sequence at a time, no cache: the same text for the same request [{env('DETERMINISTIC')}]")
     # --8<-- [start:gateway_options]
     g = p.add_argument_group("gateway, limits and metrics (course/11-scaling-out.md)")
     g.add_argument("--upstream", dest="upstreams", action="append", metavar="URL[#KEY]",
@@ -115,8 +120,10 @@ def banner(settings: Settings, backend: Any = None) -> str:
             f"\n  upstream {u.number}: {u.url} "
             + (f"up, serving {', '.join(u.models)}" if u.healthy else f"DOWN ({u.error})")
             for u in backend.upstream_status())
+    slots = getattr(backend, "memory", "")  # the local backend: what its slots cost
+    slots = f"\nSlots: {slots}" if slots else ""
     return f"""
-Ready: {model} at {settings.base_url}{upstreams}
+Ready: {model} at {settings.base_url}{upstreams}{slots}
 
     from openai import OpenAI
     client = OpenAI(base_url="{settings.base_url}", api_key="{key}")

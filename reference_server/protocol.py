@@ -9,10 +9,12 @@ together are validators on the field that breaks them, so the 400 names that fie
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from . import errors
 
 
 # --8<-- [start:body_config]
@@ -319,6 +321,8 @@ class CreateCompletionRequest(_Sampling):
     logprobs: Int(ge=0, le=5) | None = None
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
 EmbeddingInput = Union[str, list[str], Annotated[list[Int()], Field(min_length=1)], list[list[Int()]]]
 
 
@@ -333,3 +337,19 @@ class CreateEmbeddingRequest(_Body):
     dimensions: Int(ge=1) | None = None
     user: str | None = None
 # --8<-- [end:embedding_request]
+
+
+# --8<-- [start:translated]
+def translated(model: type[_M], data: dict[str, Any]) -> _M:
+    """An OpenAI request built by another protocol's translation (protocol_ollama.py ...).
+
+    Each protocol's own models check what its clients send, under its own field names; a value
+    that passes them but not the OpenAI model (a rule only OpenAI's API has) is still a 400.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        raise errors.invalid_request(f"Invalid value for '{where}': {err.get('msg')}.", param=where or None) from None
+# --8<-- [end:translated]

@@ -44,14 +44,16 @@ class StopMatcher:
         self.stops = tuple(s for s in stops if s)
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop sequence that ended the text
 
     def feed(self, text: str) -> str:
         """Returns the text that is safe to emit now; sets ``stopped`` when a stop matched."""
         if self.stopped:
             return ""
         buf = self._held + text
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, s) for s in self.stops if (i := buf.find(s)) >= 0]
+        if found:
+            cut, self.matched = min(found, key=lambda f: f[0])
             self.stopped, self._held = True, ""
             return buf[:cut]
         keep = max((k for s in self.stops for k in range(min(len(s) - 1, len(buf)), 0, -1)

@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     model_path: Path = Field(default_factory=_default_model_path,
                              description="GGUF model file to serve.")
     model_id: str | None = Field(None, description="Model id clients send; default: file name without .gguf and quantisation tag.")
-    n_ctx: int = Field(4096, ge=64, description="Context window in tokens.")
+    n_ctx: int = Field(4096, ge=64, description="Context window in tokens (each slot's).")
     n_threads: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1,
                            description="CPU threads; default all cores (llama-cpp-python's default is half).")
     n_batch: int = Field(512, ge=1, description="Prompt-processing batch size.")
@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     verbose: bool = Field(False, description="Let llama.cpp log to stderr.")
     extra_buffers: Literal["auto", "on", "off"] = Field(
         "auto", description="llama.cpp's extra weight buffers (AMX, REPACK); auto: off on a build with AMX.")
+    parallel: int = Field(4, ge=1, le=64, description="Slots: sequences decoded together, one batch per step.")
+    prefix_cache: bool = Field(True, description="Reuse the KV cells of the longest prompt prefix a slot holds.")
+    deterministic: bool = Field(False, description="One sequence at a time and no cache: the same request gives "
+                                                   "the same text (tests, labs).")
     # --8<-- [start:limits]
     # Reliability (course/reference/reliability.md): what one request may ask for, and how long a
     # stopping server waits for the streams in flight.

@@ -1,8 +1,9 @@
 """``python -m schemas validate FILE --schema NAME`` and ``python -m schemas list``.
 
-FILE is a JSON document, ``-`` for stdin, or a captured ``text/event-stream`` body (what
-``curl -N`` prints): then every ``data:`` event is checked, and an error event, which a server
-sends when a stream fails after it started, against ``error``.
+FILE is a JSON document, ``-`` for stdin, or a captured stream (what ``curl -N`` prints): a
+``text/event-stream`` body, whose every ``data:`` event is checked, or NDJSON (Ollama's
+streams), whose every line is. An error event or line, which a server sends when a stream
+fails after it started, is checked against the protocol's error envelope.
 """
 
 from __future__ import annotations
@@ -16,14 +17,27 @@ from typing import Any
 from .validation import names, validate
 
 
+def _error_schema(schema: str) -> str:
+    """Each protocol's errors have their own envelope: ollama_error for ollama_*, and so on."""
+    prefix = schema.split("_", 1)[0]
+    return f"{prefix}_error" if prefix in ("ollama", "anthropic", "llamacpp") else "error"
+
+
 def _items(text: str, schema: str, each: bool) -> list[tuple[str, Any, str]]:
     """(label, value, schema name) triples; the label prefixes problems when there are several."""
-    if text.lstrip().startswith(("data:", "event:")):  # a stream; Responses events name themselves first
+    if text.lstrip().startswith(("data:", "event:")):  # SSE: OpenAI's data-only, Anthropic's and Responses' named events
         events = [line[len("data:"):].strip() for line in text.splitlines() if line.startswith("data:")]
         values = [json.loads(data) for data in events if data != "[DONE]"]
-        return [(f"[{i}]", v, "error" if isinstance(v, dict) and "error" in v else schema)
+        return [(f"[{i}]", v, _error_schema(schema) if isinstance(v, dict) and "error" in v else schema)
                 for i, v in enumerate(values)]
-    value = json.loads(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if "Extra data" not in exc.msg:
+            raise
+        values = [json.loads(line) for line in text.splitlines() if line.strip()]  # NDJSON (Ollama's streams)
+        return [(f"[{i}]", v, _error_schema(schema) if isinstance(v, dict) and "error" in v else schema)
+                for i, v in enumerate(values)]
     if not each:
         return [("", value, schema)]
     if not isinstance(value, list):
@@ -54,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = [f"{label} {p}".lstrip() for label, value, name in items for p in validate(value, name)]
     if problems:
         print("\n".join(problems))
-        if any(name != "error" and isinstance(value, dict) and "error" in value for _, value, name in items):
-            print("(the server answered with an error envelope: check it with --schema error)")
+        if any(not name.endswith("error") and isinstance(value, dict) and "error" in value for _, value, name in items):
+            print(f"(the server answered with an error envelope: check it with --schema {_error_schema(args.schema)})")
         return 1
     print(f"OK: valid {args.schema}" + (f" ({len(items)} items)" if len(items) > 1 else ""))
     return 0

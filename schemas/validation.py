@@ -30,6 +30,11 @@ NAMES = (
     "embedding_request", "embedding_response",
     "model", "model_list", "error",
     "response_request", "response", "response_stream_event", "response_input_item_list", "response_deleted",
+    # The other protocols the server speaks (api/ollama.py, api/anthropic.py, api/llamacpp.py)
+    "ollama_chat_response", "ollama_generate_response", "ollama_embed_response", "ollama_embeddings_response",
+    "ollama_model_list", "ollama_process_list", "ollama_show", "ollama_version", "ollama_error",
+    "anthropic_message", "anthropic_stream_event", "anthropic_count_tokens", "anthropic_error",
+    "llamacpp_tokenize", "llamacpp_detokenize", "llamacpp_props", "llamacpp_error",
 )
 _FILES = files(__package__)
 

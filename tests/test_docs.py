@@ -36,7 +36,9 @@ CHAPTERS = {
     "05-errors": "05_errors",
     "06-embeddings": "06_embeddings",
     "07-tools": "07_tools",
+    "08-batching": "08_batching",
     "09-responses": "09_responses",
+    "10-providers": "10_providers",
 }
 NOTEBOOK_DIRS = ("labs", "solutions")
 

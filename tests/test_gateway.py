@@ -290,6 +290,24 @@ def test_the_responses_api_works_through_the_gateway(pair):
     assert events[-1] in ("response.completed", "response.incomplete")
 
 
+def test_ollama_and_anthropic_work_through_the_gateway_and_model_views_are_501(pair):
+    """The other protocols are translations above the seam too; what needs the model file is not there."""
+    import anthropic
+    import ollama
+
+    reply = ollama.Client(host=pair.root).chat(model=MODEL, messages=[{"role": "user", "content": "Say hi."}],
+                                                options={"num_predict": 4})
+    assert reply.done and reply.message.content and reply.eval_count <= 4
+    message = anthropic.Anthropic(base_url=pair.root, api_key="unused", max_retries=0).messages.create(
+        model=MODEL, max_tokens=4, messages=[{"role": "user", "content": "Say hi."}])
+    assert message.content[0].text and message.usage.output_tokens <= 4
+    with httpx.Client(base_url=pair.root) as http:
+        assert http.get("/props").json()["error"]["code"] == 501
+        assert http.get("/api/tags").status_code == 501
+        assert http.post("/v1/messages/count_tokens", json={"model": MODEL, "messages": [
+            {"role": "user", "content": "Hi"}]}).json()["error"]["type"] == "api_error"
+
+
 def test_an_upstream_4xx_is_the_clients_error_and_is_not_retried(pair):
     before = metrics(pair.root)
     r = httpx.post(f"{pair.base_url}/embeddings", json={"model": MODEL, "input": "hi"})

@@ -1,24 +1,33 @@
-"""The labs, validated both ways (as nbgrader advises).
+"""The labs, validated both ways (as nbgrader advises), and in both modes.
 
 * labs/ is exactly what the generator makes of solutions/ (regenerate, then diff);
 * an unsolved lab, run top to bottom, fails in every check cell and nowhere else;
-* a solution runs without any error and appends a valid checkpoint record.
+* a solution runs without any error and appends a valid checkpoint record;
+* each lab starts from the package the earlier labs' solutions export (as a learner who did
+  them would have), exports into a temporary folder, and leaves there exactly what exporting
+  its cells without running them gives (``coursekit export``);
+* in remote mode (``COURSE_BASE_URL``), with llama_cpp impossible to import, every solution
+  still passes, its server forwarding to a reference server started here as a real process.
 
-New solutions (labs 4-7) are picked up automatically. nbval also runs solutions/ and compares
-the outputs of cells marked ``# NBVAL_CHECK_OUTPUT``.
+nbval also runs solutions/ and compares the outputs of cells marked ``# NBVAL_CHECK_OUTPUT``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from coursekit import checkpoint
+from coursekit import checkpoint, export
 from coursekit.generate import CHECK_TAG, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,8 +39,12 @@ def _id(path: Path) -> str:
     return path.stem
 
 
-def execute(path: Path) -> nbformat.NotebookNode:
-    """Runs a notebook as Jupyter would, in its own folder, keeping going after errors."""
+def execute(path: Path, package: Path, monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
+    """Runs a notebook as Jupyter would, in its own folder, keeping going after errors, with
+    ``package`` holding what the solutions of the earlier labs export."""
+    export.reset(package)
+    export.export_notebooks(export.labs_before(path.stem, ROOT / "solutions"), package)
+    monkeypatch.setenv(export.PACKAGE_DIR_ENV, str(package))
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3", allow_errors=True, record_timing=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
@@ -108,7 +121,7 @@ def test_unsolved_lab_fails_only_in_its_checks(solution: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     log = tmp_path / "checkpoints.jsonl"
     monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
-    nb = execute(ROOT / "labs" / solution.name)
+    nb = execute(ROOT / "labs" / solution.name, tmp_path / "package", monkeypatch)
     failed, checks = errors(nb), check_cells(nb)
     unexpected = {cid: f"{e.ename}: {e.evalue[:200]}" for cid, e in failed.items() if cid not in checks}
     assert not unexpected, f"cells that are not checks raised in the unsolved lab: {unexpected}"
@@ -126,12 +139,7 @@ def test_unsolved_lab_fails_only_in_its_checks(solution: Path, tmp_path: Path,
     assert rec["checks"]["passed"] == [] and len(rec["checks"]["failed"]) == len(checks)
 
 
-@pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
-def test_solution_passes_and_records_a_checkpoint(solution: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    log = tmp_path / "checkpoints.jsonl"
-    monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
-    nb = execute(solution)
+def assert_passes(solution: Path, nb: nbformat.NotebookNode, log: Path) -> None:
     failed = {cid: f"{e.ename}: {e.evalue[:300]}" for cid, e in errors(nb).items()}
     assert not failed, f"the solution raised: {failed}"
     assert not stderr_outputs(nb), f"something wrote to stderr (llama.cpp logs?): {stderr_outputs(nb)}"
@@ -142,3 +150,65 @@ def test_solution_passes_and_records_a_checkpoint(solution: Path, tmp_path: Path
     assert len(rec["checks"]["passed"]) == len(check_cells(nb)), \
         "each check cell should run one named check, and all of them should pass"
     assert json.dumps(rec["observed"]) not in ("null", "{}", "[]"), "the checkpoint recorded nothing observed"
+
+
+def package_files(root: Path) -> dict[str, str]:
+    folder = export.package_dir(root)
+    return {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8") for p in sorted(folder.rglob("*.py"))}
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
+def test_solution_passes_and_records_a_checkpoint(solution: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    log = tmp_path / "checkpoints.jsonl"
+    monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
+    nb = execute(solution, tmp_path / "package", monkeypatch)
+    assert_passes(solution, nb, log)
+    if export.export_cells(solution):
+        exported = tmp_path / "exported"
+        export.export_notebooks([*export.labs_before(solution.stem, ROOT / "solutions"), solution], exported)
+        assert package_files(tmp_path / "package") == package_files(exported), \
+            "running the lab's %%export cells should write what exporting them without running does"
+
+
+# ---- remote mode ---------------------------------------------------------------------------------
+
+UPSTREAM_KEY = "sk-upstream"
+NO_MODEL_LABS = {"02_openai_format"}  # nothing in it runs a model, in either mode
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The shared server a room of laptops would point at: the reference server, as a real process."""
+    log = tmp_path_factory.mktemp("upstream") / "server.log"
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reference_server", "--port", "0", "--threads", "1", "--n-ctx", "1024",
+             "--api-key", UPSTREAM_KEY], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (found := re.search(r"Ready: \S+ at (http://\S+/v1)", log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, f"the upstream did not start:\n{log.read_text()}"
+            time.sleep(0.1)
+        yield found.group(1)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("solution", [s for s in SOLUTIONS if s.stem not in NO_MODEL_LABS], ids=_id)
+def test_solution_passes_in_remote_mode(solution: Path, upstream: str, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A laptop that cannot run llama.cpp: llama_cpp cannot even be imported, in the kernel or in the
+    learner's server; the server's engine forwards to the upstream through the same seam."""
+    blocker = tmp_path / "no-llama-cpp" / "llama_cpp"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("llama_cpp is not installed (remote-mode test)")\n')
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(blocker.parent), str(ROOT),
+                                                                  os.environ.get("PYTHONPATH")) if p))
+    monkeypatch.setenv("COURSE_BASE_URL", upstream)
+    monkeypatch.setenv("COURSE_API_KEY", UPSTREAM_KEY)
+    log = tmp_path / "checkpoints.jsonl"
+    monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
+    nb = execute(solution, tmp_path / "package", monkeypatch)
+    assert_passes(solution, nb, log)

@@ -241,8 +241,8 @@ def provoked(doc: dict[str, Any], running: RunningServer, settings: Settings, en
         # 503: the real backend before its model has loaded
         for root in serve(settings, NeverLoads(settings)):
             list(each(root))
-    # 429: the worker busy (held by a job that waits for us), no room in the queue
-    busy = LocalBackend(settings.model_copy(update={"max_queue": 0, "n_ctx": 512}))
+    # 429: the worker busy (held by a job that waits for us), no room in the queue; the serial runner
+    busy = LocalBackend(settings.model_copy(update={"max_queue": 0, "n_ctx": 512, "deterministic": True}))
     busy.load()
     for root in serve(busy.settings, busy):
         while busy.queue_depth:  # the app's start-up job (backend.start) still holds the worker

@@ -136,7 +136,11 @@ def test_logprobs(client):
         assert t.top_logprobs[0].logprob >= t.logprob - 1e-6  # greedy picked the best token
 
 
-def test_async_client(aclient):
+def test_async_client(serial_running):
+    """Three at once from the async client; on the --deterministic server, so their text is equal
+    (batched together, temperature 0 can still differ: chapter 8, determinism)."""
+    aclient = openai.AsyncOpenAI(base_url=serial_running.base_url, api_key="not-needed", max_retries=0, timeout=120)
+
     async def go():
         return await asyncio.gather(*[
             aclient.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)

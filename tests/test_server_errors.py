@@ -221,8 +221,8 @@ def test_unexpected_error_is_500_without_traceback(settings, engine, monkeypatch
 
 
 def test_full_queue_answers_429(settings):
-    """max_queue=0: while one generation runs, the next request is refused at once, not queued."""
-    engine = Engine(settings.model_copy(update={"max_queue": 0, "embeddings": False}))
+    """max_queue=0: while every slot is busy, the next request is refused at once, not queued."""
+    engine = Engine(settings.model_copy(update={"max_queue": 0, "embeddings": False, "parallel": 1}))
     engine.load()
     busy = start_server(engine.settings, engine)
     long = {"model": MODEL, "messages": HI, "max_tokens": 400, "logit_bias": {str(t): -100 for t in EOG_TOKENS}}

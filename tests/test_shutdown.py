@@ -72,7 +72,7 @@ def plain(root: str, out: dict[str, Any]) -> None:
 
 
 def test_sigterm_lets_streams_finish_within_the_grace_then_ends_the_rest_and_exits_0() -> None:
-    proc, root = start("--shutdown-grace", str(GRACE))
+    proc, root = start("--shutdown-grace", str(GRACE), "--deterministic")  # the serial queue: a known order
     try:
         short, long, queued, other = {}, {}, {}, {}
         short_started, long_started = threading.Event(), threading.Event()

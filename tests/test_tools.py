@@ -230,8 +230,10 @@ def test_budget_cut_mid_call_says_length(client):
 # ---- auto and none -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("prompt", ["What's the weather in Paris?", "Who wrote Hamlet?"])
-def test_auto_replies_with_valid_calls_or_text(client, prompt):
-    choice = ask(client, prompt, tools=TOOLS[:2], max_tokens=64).choices[0]
+def test_auto_replies_with_valid_calls_or_text(serial_client, prompt):
+    """The model's own greedy path must end its call within 64 tokens: a --deterministic server, whose
+    text is the one recorded (on the batching server this model repeats the call until the budget ends)."""
+    choice = ask(serial_client, prompt, tools=TOOLS[:2], max_tokens=64).choices[0]
     if choice.message.tool_calls:
         assert_valid_calls(choice)
     else:
@@ -289,7 +291,8 @@ def test_json_object_parses(client, prompt):
     assert isinstance(json.loads(choice.message.content), dict)
 
 
-def test_text_format_is_plain_chat(client):
+def test_text_format_is_plain_chat(serial_client):
+    client = serial_client  # two requests compared token for token
     plain = ask(client, "Say hi.", max_tokens=16)
     text = ask(client, "Say hi.", max_tokens=16, response_format={"type": "text"})
     assert text.choices[0].message.content == plain.choices[0].message.content
@@ -340,9 +343,13 @@ PREFILTER_CASES = [
 
 @pytest.mark.parametrize("body", PREFILTER_CASES, ids=["required", "json_schema", "json_object"])
 @pytest.mark.parametrize("params", [{"temperature": 0.0}, {"temperature": 1.0, "seed": 7}], ids=["greedy", "seeded"])
-def test_grammar_prefilter_changes_nothing_but_the_work(engine, body, params):
-    """Checking the likeliest tokens first must give the very tokens the full check gives."""
-    full, fast, steps = _generate_both_ways(engine, body, {"max_tokens": 64, **params})
+def test_grammar_prefilter_changes_nothing_but_the_work(serial_engine, body, params):
+    """Checking the likeliest tokens first must give the very tokens the full check gives.
+
+    The serial runner's prefilter (grammar_filter.py); the batching runner's check of the sampled
+    token is tested in test_batching.py.
+    """
+    full, fast, steps = _generate_both_ways(serial_engine, body, {"max_tokens": 64, **params})
     assert fast == full
     assert steps["grammar_steps_top"] > steps["grammar_steps_full"] >= 0  # the shortcut was taken
 
@@ -404,7 +411,9 @@ def test_streamed_tool_calls_reassemble(client, choice, prompt):
         assert call["pieces"] > 3  # streamed as generated, not in one block at the end
 
 
-def test_streamed_and_whole_calls_agree(client):
+def test_streamed_and_whole_calls_agree(serial_client):
+    """Two requests compared token for token: a --deterministic server (batching may change floats)."""
+    client = serial_client
     prompt, choice = "Set the heating to 21 degrees.", {"type": "function", "function": {"name": "set_thermostat"}}
     calls, _ = stream_calls(client, prompt, tools=TOOLS, tool_choice=choice, max_tokens=64)
     whole = ask(client, prompt, tools=TOOLS, tool_choice=choice, max_tokens=64).choices[0].message.tool_calls

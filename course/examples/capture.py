@@ -623,7 +623,8 @@ def threads(settings: Settings) -> None:
     save("threads_under_load.json", {"cores": os.cpu_count(), "tokens": 100, "runs": runs})
 
 
-EXAMPLES = ("hello", "finish_reason", "stream", "stream_raw", "errors_client", "embeddings", "tools", "responses")
+EXAMPLES = ("hello", "finish_reason", "stream", "stream_raw", "errors_client", "embeddings", "tools", "responses",
+            "providers")
 
 
 def outputs(srv: Server) -> None:

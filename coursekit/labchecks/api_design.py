@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..checks import hint as hint  # check.hint(check.NAME): the concrete hint, on request
 
 RESOURCES = Section("01-api-design", "The endpoints")
 VERSIONING = Section("01-api-design", "What a client actually depends on")
@@ -57,8 +58,9 @@ WHY = {
     "malformed_json": "the client sent something unparseable: its fault (4xx), a plain invalid request; "
                       "there is no single field to blame, so param is null",
     "invalid_temperature": "a 400 like malformed JSON, but now one field is to blame: param names it",
-    "unknown_model": "the URL exists, the *model* named in the body does not: OpenAI answers 404 "
-                     "with code 'model_not_found' and param 'model'",
+    "unknown_model": "the URL exists, the *model* named in the body does not: 404 with code "
+                     "'model_not_found'; this server also names the field at fault, param 'model' (OpenAI "
+                     "sends param null there: chapter 5, 'Where this server differs from OpenAI, on purpose')",
     "bad_api_key": "authentication failed: 401 (not 403, which means 'known, but not allowed'), "
                    "code 'invalid_api_key'",
     "context_too_long": "the request is well formed but too big for this model: 400 with code "
@@ -68,6 +70,18 @@ WHY = {
     "queue_full": "too many requests right now: 429, type 'rate_limit_error', code 'rate_limit_exceeded' "
                   "(the OpenAI client retries it by itself)",
     "unexpected": "our bug, not the client's: 500, type 'server_error', and nothing more specific",
+}
+
+#: situation -> words one of which a message that says what went wrong contains (lower case)
+MESSAGE_WORDS = {
+    "malformed_json": ("json", "parse"),
+    "invalid_temperature": ("temperature",),
+    "unknown_model": ("gpt-4o", "model"),
+    "bad_api_key": ("key", "auth"),
+    "context_too_long": ("context", "too long", "tokens", "length"),
+    "model_loading": ("load", "not ready", "starting"),
+    "queue_full": ("busy", "queue", "too many", "overload", "capacity", "rate limit"),
+    "unexpected": ("error", "internal", "bug", "unexpected", "went wrong"),
 }
 
 #: stretch: situation -> (status, type, code)
@@ -99,6 +113,7 @@ def _pairs(routes: Any) -> list[tuple[Any, Any]]:
 
 
 @check("Route table", section=RESOURCES,
+       nudge="a REST API names things (resources) in its paths and actions with its methods",
        hint="a resource is a noun in the path (/v1/models); the method says what you do with it: "
             "GET reads, POST creates")
 def routes(table: Any) -> str:
@@ -142,8 +157,9 @@ def routes(table: Any) -> str:
 
 
 @check("Error envelope", section=ENVELOPE,
-       hint="return {'error': {...}} with exactly the four keys message, type, param, code; "
-            "keep param and code even when they are None")
+       nudge="every error has one shape, so a client reads every failure the same way",
+       hint="one top-level key, error, holding exactly the four keys message, type, param, code; keep "
+            "param and code even when they are None")
 def envelope(error_envelope: Callable[..., Any]) -> str:
     plain = error_envelope("Something broke.", "server_error")
     if not isinstance(plain, dict):
@@ -176,6 +192,7 @@ def _entry(name: str, value: Any) -> tuple[int, dict[str, Any]]:
 
 
 @check("Error mapping", section=STATUS_CODES,
+       nudge="the status says whose fault it is and whether a retry helps; the code names the case",
        hint="4xx: the client must change the request; 5xx: the server failed. The code names the case "
             "precisely, for programs; type is the broad family")
 def errors(table: Any) -> str:
@@ -203,9 +220,18 @@ def errors(table: Any) -> str:
             problems.append(f"param {err['param']!r}")
         if not err["message"].strip():
             problems.append("an empty message (say what went wrong, for a human)")
+        elif " " not in err["message"].strip():
+            problems.append(f"the message {err['message']!r} is a word, not a sentence that says what went "
+                            "wrong, for a human")
+        elif not any(word in err["message"].lower() for word in MESSAGE_WORDS[name]):
+            problems.append(f"the message {err['message']!r} does not say what went wrong (a human reading it "
+                            f"should learn it: mention {' or '.join(repr(w) for w in MESSAGE_WORDS[name][:2])})")
         if problems:
             wrong += 1
             details.append(f"{name}: {', '.join(problems)} — {WHY[name]}")
+    messages = [_entry(n, table[n])[1]["message"].strip().lower() for n in EXPECTED_ERRORS if n in table]
+    if len(messages) > 1 and len(set(messages)) < len(messages):
+        details.append("two situations share one message: each message says what went wrong in that situation")
     if details:
         raise Mismatch(f"{len(EXPECTED_ERRORS) - wrong - len(missing)} of {len(EXPECTED_ERRORS)} situations "
                        "are mapped right", details=details)
@@ -213,6 +239,7 @@ def errors(table: Any) -> str:
 
 
 @check("Stretch: routes and retries", section=RETRY,
+       nudge="routing errors have their own statuses, and some refusals are only for now",
        hint="an unknown path is 'not found'; a known path with the wrong method has its own status. "
             "Retry-After tells a client when a temporary refusal may succeed")
 def stretch(more_errors: Any, retry_after: Any) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..checks import hint as hint  # check.hint(check.NAME): the concrete hint, on request
 from ..model import MODEL_ID
 
 REQUEST = Section("06-embeddings", "A request and its response")
@@ -57,8 +58,10 @@ def _array(value: Any, what: str) -> Any:
 
 
 @check("Mean pooling and normalisation", section=POOLING,
-       hint="mean_pool: the average of the rows (np.mean(..., axis=0)); normalize: divide by the length "
-            "(np.linalg.norm); cosine: the dot product divided by both lengths")
+       nudge="one vector per text from one vector per token: average them; then compare directions, not "
+             "lengths",
+       hint="mean_pool: the average over the token axis; normalize: divide by the vector's length; cosine: "
+            "the dot product divided by both lengths")
 def pooling(mean_pool: Callable[[Any], Any], normalize: Callable[[Any], Any], cosine: Callable[[Any, Any], Any],
             token_vectors: Any, pooled: Any) -> str:
     import numpy as np
@@ -77,6 +80,8 @@ def pooling(mean_pool: Callable[[Any], Any], normalize: Callable[[Any], Any], co
         if not isinstance(got, (int, float, np.floating)) or abs(float(got) - want) > 1e-9:
             raise Mismatch(f"cosine({a}, {b}) is {got!r}, not {want}",
                            hint="a · b / (|a| |b|): vectors that are not unit length must still work")
+    if token_vectors is None:  # remote mode: no per-token vectors to compare with llama.cpp's
+        return "Mean pooling and normalisation: right on made-up vectors (remote mode: no per-token vectors)"
     mine = _array(normalize(mean_pool(token_vectors)), "normalize(mean_pool(token_vectors))")
     reference = np.asarray(pooled, dtype=np.float64)
     if mine.shape != reference.shape:
@@ -94,8 +99,9 @@ def pooling(mean_pool: Callable[[Any], Any], normalize: Callable[[Any], Any], co
 
 
 @check("base64 vectors", section=BASE64,
-       hint="np.asarray(vector, dtype='<f4').tobytes(): little-endian float32; then base64.b64encode(...)"
-            ".decode('ascii')")
+       nudge="base64 carries the vector's raw bytes, in the one float layout every client expects",
+       hint="the floats as little-endian 32-bit bytes (numpy's '<f4'), those bytes base64-encoded, the "
+            "result as ASCII text")
 def base64_vectors(to_base64: Callable[[Any], Any]) -> str:
     import numpy as np
 
@@ -140,9 +146,10 @@ def _vectors(body: Any, what: str, count: int) -> Any:
 
 
 @check("POST /v1/embeddings", section=ENDPOINT,
-       hint="return {'object': 'list', 'data': [{'object': 'embedding', 'index': i, 'embedding': ...}], "
-            "'model': MODEL_ID, 'usage': {'prompt_tokens': n, 'total_tokens': n}}; vectors as .tolist() "
-            "or to_base64(...)")
+       nudge="the embeddings response is a list object: one item per input, in order, plus the model and "
+             "the tokens it cost; encoding_format decides how each vector is written",
+       hint="object 'list'; data with one 'embedding' item per input (its index, its vector as a list of "
+            "floats or your base64 text); model; usage with prompt_tokens and total_tokens")
 def endpoint(http: Any) -> str:
     import numpy as np
 
@@ -180,6 +187,8 @@ def endpoint(http: Any) -> str:
 
 
 @check("Semantic search", section=MEANING,
+       nudge="search by meaning is ranking: the query becomes a vector like the documents, and the "
+             "closest directions win",
        hint="embed the query, score every document with the dot product (the vectors are unit length), "
             "return the k best as (score, doc), best first")
 def search(search_fn: Callable[..., Any], corpus: list[dict[str, str]]) -> str:

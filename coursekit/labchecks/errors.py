@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, schema_problems, short, type_name
+from ..checks import hint as hint  # check.hint(check.NAME): the concrete hint, on request
 from ..model import MODEL_ID
 
 ENVELOPE = Section("05-errors", "The envelope")
@@ -66,6 +67,8 @@ LOCATIONS = [
 
 
 @check("param from a location", section=VALIDATION,
+       nudge="FastAPI says where a value failed as a path through the request; param is that path as "
+             "the client wrote the field",
        hint="drop the leading 'body'; join names with '.', put indexes in brackets; nothing left means None")
 def param_from_loc(fn: Callable[[tuple[Any, ...]], Any]) -> str:
     wrong = []
@@ -79,8 +82,10 @@ def param_from_loc(fn: Callable[[tuple[Any, ...]], Any]) -> str:
 
 
 @check("Validation errors are 400", section=VALIDATION,
-       hint="add_exception_handler(RequestValidationError, ...): status 400, type invalid_request_error, "
-            "param from the first error's loc (None when the JSON itself is broken)")
+       nudge="FastAPI's 422 for a body that does not fit the model is, for an OpenAI client, a 400 in the "
+             "envelope",
+       hint="a handler for FastAPI's validation error: status 400, type invalid_request_error, param from "
+            "the first error's location (null when the JSON itself is broken)")
 def validation(http: Any, headers: dict[str, str]) -> str:
     url = "/v1/chat/completions"
     _error(http.post(url, json={**CHAT, "temperature": "hot"}, headers=headers),
@@ -95,8 +100,10 @@ def validation(http: Any, headers: dict[str, str]) -> str:
 
 
 @check("Every other failure, in the envelope", section=OTHER,
-       hint="a StarletteHTTPException handler for 404 and 405 (keep exc.headers: 405 carries Allow), and an "
-            "Exception handler that logs the traceback and answers a fixed 500 message")
+       nudge="every failure the client can see, the framework's and your bugs too, is an envelope; a bug's "
+             "details go to the log, not to the client",
+       hint="a handler for Starlette's HTTP exception covering 404 and 405 (keep its headers: 405 carries "
+            "Allow), and a handler for any exception that logs the traceback and answers a fixed 500 message")
 def other_failures(http: Any, headers: dict[str, str], server_log: list[str]) -> str:
     _error(http.get("/v1/engines", headers=headers), "GET /v1/engines (no such route)", 404,
            type="invalid_request_error")
@@ -121,9 +128,11 @@ def other_failures(http: Any, headers: dict[str, str], server_log: list[str]) ->
 # ---- Step 3: the route's own errors -------------------------------------------------------------
 
 @check("The server's own errors", section=CONTEXT,
-       hint="require_api_key raises invalid_api_key(...); require_ready raises model_loading(); check_request "
-            "raises model_not_found(...) and context_length_exceeded(...) with param 'messages' or 'max_tokens'")
-def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
+       nudge="errors the server finds itself are raised as API errors before any work starts: a wrong key, "
+             "a prompt too long for the context",
+       hint="require_api_key raises the invalid-key error; check_context raises the context-length error with "
+            "param 'messages' when the prompt alone is too long, 'max_tokens' when the answer would not fit")
+def route_errors(http: Any, key: str, engine: Any) -> str:
     url = "/v1/chat/completions"
     headers = {"Authorization": f"Bearer {key}"}
     try:
@@ -135,8 +144,8 @@ def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
                "a request with a wrong key", 401, code="invalid_api_key")
     except Mismatch as m:
         raise Mismatch(m.what, details=m.details, section=AUTH,
-                       hint="require_api_key: no header, or not 'Bearer <key>', or a key not in API_KEYS -> "
-                            "raise invalid_api_key(message)") from None
+                       hint="require_api_key: no header, or not 'Bearer <key>', or a key not among the "
+                            "server's keys -> raise invalid_api_key(message)") from None
     _error(http.post(url, json={**CHAT, "model": "gpt-4o"}, headers=headers), "model 'gpt-4o'", 404,
            param="model", code="model_not_found")
     long = {**CHAT, "messages": [{"role": "user", "content": "word " * 2000}]}
@@ -144,11 +153,12 @@ def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
            code="context_length_exceeded")
     _error(http.post(url, json={**CHAT, "max_tokens": 2000}, headers=headers), "max_tokens 2000", 400,
            param="max_tokens", code="context_length_exceeded")
-    state["ready"] = False
+    before = engine.state
+    engine.state = "loading"  # as if the model were still loading
     try:
         loading = http.post(url, json=CHAT, headers=headers)
     finally:
-        state["ready"] = True
+        engine.state = before
     try:
         _error(loading, "a request while the model loads", 503, code="model_loading", type="server_error")
     except Mismatch as m:
@@ -165,8 +175,10 @@ def route_errors(http: Any, key: str, state: dict[str, Any]) -> str:
 # ---- Step 5: retries ---------------------------------------------------------------------------------
 
 @check("Backoff with jitter", section=OVERLOAD,
-       hint="without Retry-After: min(CAP, BASE * 2**attempt), then jitter it with rand() (at least half, at "
-            "most all of it); with a numeric Retry-After: exactly that many seconds")
+       nudge="retries wait longer each time, each client a bit differently, and the server's Retry-After "
+             "overrules the guess",
+       hint="without Retry-After: BASE doubled per attempt, capped at CAP, then jittered by the random factor "
+            "rand gives (at least half, at most all of it); with a numeric Retry-After: exactly that many seconds")
 def backoff(backoff_delay: Callable[..., Any]) -> str:
     def delay(attempt: int, retry_after: Any = None, r: float = 0.5) -> float:
         value = backoff_delay(attempt, retry_after, rand=lambda: r)
@@ -181,10 +193,15 @@ def backoff(backoff_delay: Callable[..., Any]) -> str:
     for attempt, (top, low, cap) in enumerate(zip(tops, lows, full)):
         if not (cap * 0.99 <= top <= cap * 1.01):
             wrong.append(f"attempt {attempt} with rand() near 1 waits {top:.3g} s; expected about {cap:g} s")
-        if not (0 <= low <= cap):
-            wrong.append(f"attempt {attempt} with rand() = 0 waits {low:.3g} s; expected between 0 and {cap:g} s")
     if wrong:
         raise Mismatch("the delays do not double from BASE up to CAP", details=wrong[:4])
+    short_waits = [f"attempt {a} with rand() = 0 waits {low:.3g} s; expected at least {cap / 2:g} s"
+                   for a, (low, cap) in enumerate(zip(lows, full)) if not (cap * 0.5 * 0.99 <= low <= cap * 1.01)]
+    if short_waits and all(abs(t - lo) > 1e-9 for t, lo in zip(tops, lows)):
+        raise Mismatch("with rand() near 0 your client barely waits: jitter spreads the retries, it should not "
+                       "cancel the backoff (a wait near 0 s hits the overloaded server again at once)",
+                       details=short_waits[:3],
+                       hint="keep at least half of the delay: delay * (0.5 + rand() / 2)")
     if all(abs(t - lo) < 1e-9 for t, lo in zip(tops, lows)):
         raise Mismatch("the delay does not depend on rand(): without jitter, every client that failed at the "
                        "same moment retries at the same moment, and the server fails again",
@@ -199,8 +216,9 @@ def backoff(backoff_delay: Callable[..., Any]) -> str:
 
 
 @check("Retry only what can succeed", section=STATUS,
-       hint="loop max_retries + 1 times: send(); on httpx.TransportError or a status in RETRYABLE, sleep("
-            "backoff_delay(attempt, retry_after, rand=rand)) and try again; otherwise return the response")
+       nudge="retry only what a second try can fix: a dropped connection, a 429, a 503; a 400 fails again",
+       hint="up to max_retries + 1 tries: on a transport error or a status in RETRYABLE, sleep the backoff "
+            "delay (with the response's Retry-After) and try again; otherwise return the response")
 def retries(send_with_retries: Callable[..., Any], flaky_server: Callable[..., Any]) -> str:
     import httpx
 
@@ -276,6 +294,63 @@ def retries(send_with_retries: Callable[..., Any], flaky_server: Callable[..., A
     if len(attempts) != 3:
         raise Mismatch(f"an unreachable server got {len(attempts)} attempts with max_retries=2, not 3")
     return "Retry only what can succeed: 429, 503 and connection errors, never 400, 401, 404 or 422"
+
+
+@check("A full queue is a 429", section=OVERLOAD,
+       nudge="a bounded queue refuses at once when it is full, so the client can retry later instead of "
+             "waiting without end",
+       hint="in the worker's reserve: when the jobs already there exceed max_queue (one running, max_queue "
+            "waiting), raise the queue-full error before counting the new job")
+def overload() -> str:
+    import threading
+
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=40, delay=0.03)
+    app = package_module("app").create_app(package_module("settings").Settings(max_queue=1), engine=fake)
+    body = {**CHAT, "max_tokens": 40}
+    results: dict[str, Any] = {}
+
+    def send(name: str) -> None:
+        try:
+            results[name] = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=30)
+        except httpx.HTTPError as exc:
+            results[name] = exc
+
+    def until(condition: Callable[[], bool], timeout: float = 10) -> bool:
+        deadline = time.monotonic() + timeout
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return condition()
+
+    with live_app(app) as root:
+        worker = app.state.worker
+        first = threading.Thread(target=send, args=("running",))
+        first.start()
+        until(lambda: fake.yielded > 0)
+        second = threading.Thread(target=send, args=("waiting",))
+        second.start()
+        until(lambda: worker.jobs >= 2, timeout=3)
+        start = time.monotonic()
+        third = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=30)
+        waited = time.monotonic() - start
+        first.join(timeout=30)
+        second.join(timeout=30)
+    if third.status_code == 200:
+        raise Mismatch(f"with max_queue=1, one request running and one waiting, a third was queued anyway: it "
+                       f"waited {waited:.1f} s for its 200", hint="reserve must refuse when the queue is full")
+    e = _error(third, "a request to a full queue", 429, code="rate_limit_exceeded", type="rate_limit_error")
+    if not third.headers.get("retry-after", "").strip().isdigit():
+        raise Mismatch("the 429 has no Retry-After header (in seconds): the official client would not know when "
+                       "to retry", details=[f"message: {e['message'][:100]!r}"])
+    if waited > 1.0:
+        raise Mismatch(f"the 429 came after {waited:.1f} s: refuse at once, before any work starts")
+    statuses = [getattr(results.get(n), "status_code", results.get(n)) for n in ("running", "waiting")]
+    if statuses != [200, 200]:
+        raise Mismatch(f"the running and the waiting requests should both succeed, got {statuses}")
+    return f"A full queue is a 429: refused in {waited * 1000:.0f} ms with Retry-After, the two others served"
 
 
 def summary(errors: dict[str, Any]) -> dict[str, Any]:

@@ -144,7 +144,40 @@ def fixed(fix: Callable[[dict[str, Any]], Any]) -> str:
         details.append("keep the id: it was fine")
     if details:
         raise Mismatch("the response is valid now, but some values changed meaning", details=details)
+    other = _fix_another(fix)
+    if other:
+        raise Mismatch("fix_response repairs BROKEN, but not another broken response: it should read its "
+                       "input, not return the answer written out", details=other,
+                       hint="take every value from broken (its id, text, counts, time) and rename or convert it")
     return "Fix: valid, and it still says 'Paris.' with the same counts"
+
+
+#: a second broken response, with other values: a fix that ignores its input gives the first one's
+OTHER_BROKEN: dict[str, Any] = {
+    **copy.deepcopy(BROKEN_RESPONSE),
+    "id": "chatcmpl-0b1d2e",
+    "created": "2025-07-14T08:30:00Z",
+    "choices": [{"index": 0, "message": {"role": "Assistant", "content": "Lyon is second."},
+                 "finishReason": "LENGTH"}],
+    "prompt_tokens": 40,
+    "completion_tokens": 7,
+}
+
+
+def _fix_another(fix: Callable[[dict[str, Any]], Any]) -> list[str]:
+    """What ``fix`` got wrong on OTHER_BROKEN (empty when it carried every value over)."""
+    try:
+        result = fix(copy.deepcopy(OTHER_BROKEN))
+        choice = result["choices"][0]
+        got = {"id": result["id"], "content": choice["message"]["content"],
+               "finish_reason": choice["finish_reason"], "created": result["created"],
+               "counts": (result["usage"]["prompt_tokens"], result["usage"]["completion_tokens"])}
+    except Exception as exc:  # the learner's code may crash on input it was not written for
+        return [f"fix_response(another broken response) raised {type(exc).__name__}: {exc}"]
+    want = {"id": "chatcmpl-0b1d2e", "content": "Lyon is second.", "finish_reason": "length",
+            "created": 1752481800, "counts": (40, 7)}
+    return [f"{key}: got {short(got[key])}, the input says {short(want[key])}"
+            for key in want if got[key] != want[key]]
 
 
 @check("Stretch: the usage chunk", section=CHUNKS,

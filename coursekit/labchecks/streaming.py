@@ -1,12 +1,14 @@
-"""Checks for lab 04: Server-Sent Events by hand, the chunk sequence, a streaming route, a reader."""
+"""Checks for lab 04: Server-Sent Events by hand, the chunk sequence, streaming routes, cancellation, a reader."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, schema_problems, short, type_name
+from ..checks import hint as hint  # check.hint(check.framing): the concrete hint, on request
 from ..model import MODEL_ID
 
 WIRE = Section("04-streaming", "The wire format")
@@ -14,7 +16,8 @@ CHUNKS = Section("04-streaming", "The sequence of chunks")
 FRAMING = Section("04-streaming", "Framing: from chunks to bytes")
 READING = Section("04-streaming", "Reading a stream")
 PITFALLS = Section("04-streaming", "Pitfalls that break real clients")
-SECTIONS = (WIRE, CHUNKS, FRAMING, READING, PITFALLS)
+CANCELLING = Section("04-streaming", "When the client goes away")
+SECTIONS = (WIRE, CHUNKS, FRAMING, READING, PITFALLS, CANCELLING)
 
 META = {"id": "chatcmpl-lab4example", "created": 1748779200, "model": MODEL_ID}
 
@@ -22,6 +25,8 @@ META = {"id": "chatcmpl-lab4example", "created": 1748779200, "model": MODEL_ID}
 # ---- Step 1: one event ------------------------------------------------------------------------
 
 @check("SSE framing", section=WIRE,
+       nudge="an SSE event is a field name and its value on one line, closed by a blank line; and a "
+             "response body is bytes, not text",
        hint="an event is the line 'data: ' + the text, then an empty line: 'data: ...\\n\\n', "
             "encoded as UTF-8 bytes")
 def framing(sse_event: Callable[[str], Any]) -> str:
@@ -104,17 +109,60 @@ def _text(chunks: list[dict[str, Any]]) -> str:
     return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
 
 
+def _events(items: list[Any]) -> Any:
+    """An async iterator over ``items``: what the route's events look like to chat_chunks."""
+    async def gen() -> Any:
+        for item in items:
+            yield item
+    return gen()
+
+
+def _collect(chunks: Any, limit: int = 100) -> list[Any]:
+    """Everything an async generator yields (run on a loop of its own)."""
+    from .fakes import run_async
+
+    if chunks is None:
+        raise Mismatch("chat_chunks returned None: it should yield the chunks (an async generator)")
+    if hasattr(chunks, "__next__") and not hasattr(chunks, "__anext__"):
+        raise Mismatch("chat_chunks is a plain generator: make it an async generator (async def, reading the "
+                       "events with async for), because the events arrive from the worker thread")
+    if not hasattr(chunks, "__anext__"):
+        if hasattr(chunks, "close"):
+            chunks.close()  # a coroutine (an async def without yield): never awaited, not a warning
+        raise Mismatch(f"chat_chunks returned {type_name(chunks)}: it should yield the chunks "
+                       "(an async def that yields is an async generator)")
+
+    async def drain() -> list[Any]:
+        out = []
+        async for item in chunks:
+            out.append(dict(item) if isinstance(item, dict) else item)
+            if len(out) >= limit:
+                break
+        return out
+    return run_async(drain)
+
+
+def run_chunks(chat_chunks: Callable[..., Any], events: list[Any], meta: dict[str, Any],
+               include_usage: bool = False) -> list[Any]:
+    """The chunks ``chat_chunks`` yields for ``events``; an empty list while it is not written."""
+    try:
+        return _collect(chat_chunks(_events(events), dict(meta), include_usage))
+    except Mismatch:
+        return []
+
+
 @check("The chunk sequence", section=CHUNKS,
+       nudge="a stream is one opening chunk (who speaks), the content pieces as they arrive, and one "
+             "closing chunk (why it stopped); each chunk leaves as soon as its event is read",
        hint="yield the role chunk first, then one chunk per text piece, then on Done the finish chunk "
             "(empty delta, its finish_reason) and, with include_usage, the usage chunk (choices [])")
 def chunk_sequence(chat_chunks: Callable[..., Any], done: Callable[..., Any]) -> str:
+    from .fakes import run_async
+
     events = ["Hel", "lo", " world", done("stop", 12, 3)]
 
     def run(items: list[Any], include_usage: bool) -> list[Any]:
-        out = chat_chunks(iter(items), dict(META), include_usage)
-        if out is None:
-            raise Mismatch("chat_chunks returned None: it should yield the chunks (a generator)")
-        return [dict(c) if isinstance(c, dict) else c for c in out]
+        return _collect(chat_chunks(_events(items), dict(META), include_usage))
 
     plain = run(events, False)
     problems = sequence_problems(plain, include_usage=False, meta=META)
@@ -136,12 +184,17 @@ def chunk_sequence(chat_chunks: Callable[..., Any], done: Callable[..., Any]) ->
     if sequence_problems(cut, include_usage=False) or cut[-1]["choices"][0]["finish_reason"] != "length":
         raise Mismatch("when max_tokens cuts the answer (Done('length', ...)) the finish_reason is 'length'")
 
-    def slow() -> Iterator[Any]:
+    async def slow() -> Any:
         yield "Hel"
         raise TimeoutError("the model is still thinking")
+
+    async def first_two() -> None:
+        gen = chat_chunks(slow(), dict(META), False)
+        await gen.__anext__()
+        await gen.__anext__()  # the role chunk and 'Hel' must not wait for the rest
+        await gen.aclose()
     try:
-        gen = iter(chat_chunks(slow(), dict(META), False))
-        next(gen), next(gen)  # the role chunk and 'Hel' must not wait for the rest
+        run_async(first_two)
     except TimeoutError:
         raise Mismatch("chat_chunks reads every event before it yields its first chunk: the client would "
                        "wait for the whole answer", hint="yield inside the loop over events, not after it") from None
@@ -168,8 +221,11 @@ def parse_events(body: str) -> tuple[list[str], list[str]]:
 
 
 @check("POST /v1/chat/completions with stream", section=FRAMING,
-       hint="when body.stream is true, return EventSourceResponse(sse_frames(chat_chunks(events, meta, "
-            "include_usage))): every chunk as an event, then data: [DONE]")
+       nudge="one route answers both ways: the request's stream flag decides whether the engine's events "
+             "are collected into one answer or sent on, event by event, as they are made",
+       hint="when the body asks for a stream, the route returns your SSE response around the chunks of the "
+            "same events (with the request's include_usage); sse_frames sends each chunk as it comes, then "
+            "the [DONE] event")
 def stream_endpoint(http: Any) -> str:
     question = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Say hi."}],
                 "max_tokens": 8, "temperature": 0}
@@ -214,8 +270,124 @@ def stream_endpoint(http: Any) -> str:
     problems = problems or sequence_problems(bare_chunks, include_usage=False)
     if problems:
         raise Mismatch("without stream_options the stream is not right", details=problems)
+    late = _first_event_before_the_end()
+    if late:
+        raise Mismatch("the stream is valid, but it is sent all at once at the end: the client waits as long "
+                       "as without stream", details=late,
+                       hint="send each chunk as it is made: read the events with async for and yield inside "
+                            "the loop, never into a list first (in chat_chunks, sse_frames and the route)")
     return (f"POST /v1/chat/completions with stream: {len(chunks)} valid chunks, [DONE], "
-            f"and the same text as without stream")
+            f"and the same text as without stream, each event sent as soon as it is made")
+
+
+def _first_event_before_the_end() -> list[str]:
+    """What shows the stream is buffered, with a scripted engine that takes 1.5 s (empty when it is not).
+
+    Through TestClient the whole body arrives at once whatever the app does, so this reads the
+    learner's app over a real socket, as ``cancellation`` does, and notes how far the generation
+    had got when the first event came.
+    """
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=30, delay=0.05)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 30,
+            "temperature": 0, "stream": True}
+    made = None
+    with live_app(app) as root, httpx.stream("POST", f"{root}/v1/chat/completions", json=body,
+                                             timeout=30) as response:
+        if response.status_code != 200:
+            return [f"with a scripted engine the streamed request answered {response.status_code}"]
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                made = (fake.yielded, fake.finished)
+                break
+    if made is None:
+        return ["no event at all came from the app around a scripted engine"]
+    yielded, finished = made
+    if finished or yielded >= fake.pieces:
+        return [f"the first event reached the client after all {fake.pieces} pieces had been generated "
+                f"({fake.pieces * fake.delay:.1f} s of generation)"]
+    return []
+
+
+@check("POST /v1/completions", section=FRAMING,
+       nudge="this route is given: it fails because a piece it streams through (sse_event, sse_frames, "
+             "sse_response) is not right yet",
+       hint="the route is given: it streams through your sse_response, so sse_event and sse_frames must pass "
+            "their checks first")
+def completions_endpoint(http: Any) -> str:
+    body = {"model": MODEL_ID, "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}
+    plain = http.post("/v1/completions", json=body)
+    if plain.status_code != 200:
+        raise Mismatch(f"POST /v1/completions answered {plain.status_code}", details=[f"body: {plain.text[:160]!r}"])
+    require_schema(plain.json(), "completion_response", what="the non-streamed text_completion")
+    r = http.post("/v1/completions", json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    if not r.headers.get("content-type", "").startswith("text/event-stream"):
+        raise Mismatch(f"a streamed completion answered {r.status_code} {r.headers.get('content-type')!r}, "
+                       "not an event stream", details=[f"body: {r.text[:120]!r}"])
+    payloads, problems = parse_events(r.text)
+    if problems or not payloads or payloads[-1] != "[DONE]":
+        raise Mismatch("the streamed completion is not framed as Server-Sent Events ending with [DONE]",
+                       details=problems[:3] or [f"last event: {payloads[-1:]!r}"])
+    chunks = [json.loads(p) for p in payloads[:-1]]
+    for chunk in chunks:
+        wrong = schema_problems(chunk, "completion_chunk")
+        if wrong:
+            raise Mismatch("a chunk of the streamed completion is not valid", details=wrong[:3])
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    if text != plain.json()["choices"][0]["text"]:
+        raise Mismatch(f"at temperature 0 the stream says {text!r}, the plain answer "
+                       f"{plain.json()['choices'][0]['text']!r}")
+    if chunks[-1]["choices"] or not chunks[-1].get("usage"):
+        raise Mismatch("with include_usage the last chunk carries the usage (and no choices)")
+    return f"POST /v1/completions: {text!r}, streamed and not, the same text"
+
+
+@check("A client that hangs up", section=CANCELLING,
+       nudge="when the client goes away the event loop cancels the request's task, but the worker thread "
+             "generating for it does not notice unless it looks",
+       hint="in the worker's job, check generation.cancelled before handing each event over, and break "
+            "when it is set")
+def cancellation() -> str:
+    import httpx
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=150, delay=0.02)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Count."}], "max_tokens": 150,
+            "temperature": 0, "stream": True}
+    with live_app(app) as root:
+        events = 0
+        with httpx.stream("POST", f"{root}/v1/chat/completions", json=body, timeout=30) as response:
+            if response.status_code != 200 or not response.headers.get("content-type", "").startswith(
+                    "text/event-stream"):
+                raise Mismatch(f"a streamed request answered {response.status_code} "
+                               f"{response.headers.get('content-type')!r}: the stream check must pass first")
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    events += 1
+                if events >= 3:  # the role chunk and two pieces: now hang up
+                    break
+        left_at = fake.yielded
+        stopped = fake.closed.wait(timeout=2.0)
+        after = fake.yielded - left_at
+        start = time.monotonic()
+        second = httpx.post(f"{root}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 3},
+                            timeout=30)
+        waited = time.monotonic() - start
+    if not stopped:
+        raise Mismatch(f"after the client hung up, your worker went on generating for nobody: {after} more "
+                       f"pieces in 2 s (of {fake.pieces})")
+    if after > 10:
+        raise Mismatch(f"your worker stopped, but only {after} pieces after the client hung up")
+    if second.status_code != 200:
+        raise Mismatch(f"the next request answered {second.status_code}: {second.text[:120]!r}")
+    return (f"A client that hangs up: the generation stopped {after} piece{'s' if after != 1 else ''} later, "
+            f"and the next request was served in {waited * 1000:.0f} ms")
 
 
 # ---- Step 6: reading ------------------------------------------------------------------------------
@@ -236,6 +408,8 @@ SAMPLE_LINES = [
 
 
 @check("Reading SSE by hand", section=READING,
+       nudge="reading is the framing backwards: lines, comments to skip, the data field, and the [DONE] "
+             "sentinel that ends the stream",
        hint="skip empty lines and comments (lines starting with ':'); for 'data:' lines take what follows "
             "(without one leading space); stop at [DONE]; json.loads the rest")
 def reader(read_sse: Callable[[Any], Any]) -> str:

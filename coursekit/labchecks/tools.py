@@ -7,13 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, short, type_name
+from ..checks import hint as hint  # check.hint(check.NAME): the concrete hint, on request
 from ..model import MODEL_ID
 
 CALLS = Section("07-tools", "A forced call, request and response")
 LOOP = Section("07-tools", "The round trip")
 GRAMMARS = Section("07-tools", "Grammars: constraining sampling")
 STRUCTURED = Section("07-tools", "Structured outputs: `response_format`")
-SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED)
+EXAM = Section("labs", "The final exam")
+SECTIONS = (CALLS, LOOP, GRAMMARS, STRUCTURED, EXAM)
 
 
 
@@ -24,8 +26,10 @@ def _response(message: Any, finish_reason: str = "tool_calls") -> dict[str, Any]
 
 
 @check("The tool-call message", section=CALLS,
-       hint="{'role': 'assistant', 'content': None, 'refusal': None, 'tool_calls': [{'id': 'call_' + a new "
-            "hex id, 'type': 'function', 'function': {'name': name, 'arguments': arguments}}]}")
+       nudge="a tool call is an assistant message with no text and a list of calls, each with its own id "
+             "and the function's name and arguments (a JSON string)",
+       hint="role assistant, content and refusal null, tool_calls: one item with a fresh 'call_' id, type "
+            "'function', and a function object holding the name and the arguments text")
 def tool_message(tool_call_message: Callable[[str, str], Any]) -> str:
     arguments = '{"city": "Paris", "unit": "celsius"}'
     message = tool_call_message("get_weather", arguments)
@@ -55,8 +59,11 @@ def tool_message(tool_call_message: Callable[[str, str], Any]) -> str:
 
 
 @check("A forced tool call", section=GRAMMARS,
-       hint="when tool_choice names a tool: generate under grammar_for(tool.function.parameters), then return "
-            "chat_response(tool_call_message(name, text), 'tool_calls', usage)")
+       nudge="a forced call is generation under a grammar: the tool's parameters schema decides what the "
+             "model can write, and the answer is re-dressed as a call",
+       hint="when a tool is forced: generate under the tool's parameters schema, collect the answer, then "
+            "replace its message with your tool-call message (the text is the arguments) and its "
+            "finish_reason 'stop' with 'tool_calls'")
 def forced_call(http: Any, tool: dict[str, Any]) -> str:
     import jsonschema
 
@@ -100,9 +107,11 @@ def _as_dict(message: Any) -> dict[str, Any]:
 
 
 @check("The tool-calling loop", section=LOOP,
-       hint="after the first reply: run the named function with json.loads(arguments), append the assistant "
-            "message (with its tool_calls) and {'role': 'tool', 'tool_call_id': call.id, 'content': "
-            "json.dumps(result)}, then ask again")
+       nudge="the client runs the tool, not the server: it sends the call and its result back, and asks "
+             "again",
+       hint="after the first reply: run the named function with its parsed arguments, append the assistant "
+            "message as it came (with its tool_calls) and a tool message answering the call's id with the "
+            "result as JSON text; ask again without forcing the tool")
 def tool_loop(answer_with_tools: Callable[[str], Any], calls: list[Any]) -> str:
     calls.clear()
     out = answer_with_tools("What's the weather like in Paris today?")
@@ -127,8 +136,14 @@ def tool_loop(answer_with_tools: Callable[[str], Any], calls: list[Any]) -> str:
     if len(calls) != 1:
         raise Mismatch(f"get_weather ran {len(calls)} times: run the call the model asked for, once")
     reply = final.choices[0]
-    if reply.message.tool_calls or not reply.message.content:
-        raise Mismatch("the final reply should be text for the user, not another call")
+    if reply.message.tool_calls:
+        raise Mismatch("the final reply is another call, not text for the user: did the second request "
+                       "still force get_weather? A tool_choice that names a function obliges the server to "
+                       "call it, on every request that carries it",
+                       hint="send the second request without tool_choice (or with tool_choice='none'); "
+                            "keep tools, so that the model knows what the call was")
+    if not reply.message.content:
+        raise Mismatch("the final reply has no text: the model should answer the user, using the result")
     return (f"The tool-calling loop: get_weather({json.dumps(calls[0])}) ran, its result went back, "
             f"and the model answered in {reply.finish_reason!r} text")
 
@@ -147,8 +162,10 @@ COUNTRY_SCHEMA = {
 
 
 @check("Structured output", section=STRUCTURED,
-       hint="when response_format is json_schema: generate under grammar_for(fmt.json_schema.schema_) and "
-            "return the JSON text as the message content")
+       nudge="structured output is the same grammar as a forced call, taken from response_format instead "
+             "of a tool",
+       hint="response_schema gives the schema inside response_format for json_schema, any JSON object for "
+            "json_object, and nothing otherwise; the route generates under it")
 def structured(client: Any) -> str:
     import jsonschema
 
@@ -170,3 +187,58 @@ def structured(client: Any) -> str:
     except jsonschema.ValidationError as exc:
         raise Mismatch(f"the JSON breaks the schema: {exc.message}") from None
     return f"Structured output: {text.strip()} is valid against the schema"
+
+
+_EXAM: dict[str, Any] = {}
+LAB_CHECKS = ("The tool-call message", "A forced tool call", "Structured output", "The tool-calling loop")
+
+#: optional rows of `coursekit conform` for what the labs build: the course's exam requires them too
+BUILT_IN_THE_LABS = {
+    "completions": "lab 4", "completions.stream": "lab 4", "embeddings.float": "lab 6",
+    "embeddings.base64": "lab 6", "tools": "lab 7", "tools.stream": "lab 7", "json.object": "lab 7",
+    "json.schema": "lab 7",
+}
+
+
+@check("The final exam", section=EXAM,
+       nudge="the exam grades the whole server: each failing row names a feature, and the lab that built it",
+       hint="read each failing row's reason: it names the request and what came back; the lab that built "
+            "that feature, and its chapter, tell you where to fix it")
+def final_exam(server: Any) -> str:
+    """``coursekit conform`` on the learner's server: every required row passes, and so does every
+    optional feature the labs built; the others may be "not offered", never broken."""
+    from ..checks import RESULTS
+
+    _EXAM.clear()
+    if not getattr(server, "ready", False):
+        raise Mismatch("your server is not running: see what the cell that started it printed")
+    failing = [name for name in LAB_CHECKS if RESULTS.get(name) is False]
+    if failing:  # the exam grades a finished server: the rows those checks cover would fail too
+        raise Mismatch(f"first pass the lab's other checks: {', '.join(failing)}")
+    try:
+        from ..conform import run
+    except ImportError:
+        raise Mismatch("this checkout has no conformance checker (coursekit.conform): update the course "
+                       "(git pull) and reinstall it (make setup)") from None
+    report = run(server.base_url, api_key=getattr(server, "api_key", None), model=MODEL_ID, timeout=120)
+    _EXAM.update(statuses=report.statuses(), ok=report.ok)
+    print(report.table())
+    wrong = [row for row in report.rows
+             if row.status == "fail" or (row.required or row.id in BUILT_IN_THE_LABS) and row.status != "pass"]
+    if wrong:
+        details = [f"{row.id}" + (f" ({BUILT_IN_THE_LABS[row.id]})" if row.id in BUILT_IN_THE_LABS else "")
+                   + f": {row.status}: {row.reason}" for row in wrong]
+        raise Mismatch(f"{len(wrong)} row{'s' if len(wrong) > 1 else ''} of the exam "
+                       f"{'do' if len(wrong) > 1 else 'does'} not pass", details=details)
+    offered = sum(1 for row in report.rows if not row.required and row.status == "pass")
+    return (f"The final exam: all {_required(report)} required rows pass, and {offered} of "
+            f"{sum(1 for row in report.rows if not row.required)} optional features: your server conforms")
+
+
+def _required(report: Any) -> int:
+    return sum(1 for row in report.rows if row.required)
+
+
+def exam_summary() -> dict[str, Any]:
+    """The exam's rows (row id -> status), for the checkpoint; empty if it did not run."""
+    return dict(_EXAM.get("statuses") or {})

@@ -85,3 +85,17 @@ async def started(request: Request, run: Run) -> JSONResponse | None:
     gone = await unless_disconnected(request, start(run))
     return gone if isinstance(gone, JSONResponse) else None
 # --8<-- [end:started]
+
+
+# --8<-- [start:introspective]
+def introspective(backend: Backend, what: str) -> Backend:
+    """The backend, if it can show the model itself (backends/base.py, introspection); else a 501.
+
+    The local backend can; a gateway to other servers (backends/upstream/) cannot tokenize or
+    read a model file it does not have.
+    """
+    if not callable(getattr(backend, "info", None)):
+        raise errors.APIError(501, f"{what} needs the model itself, which this server's backend (a gateway "
+                              "to other servers) cannot show.", type="server_error", code="not_supported")
+    return backend
+# --8<-- [end:introspective]

@@ -60,6 +60,7 @@ class ChoiceDone:
     index: int
     finish_reason: str  # "stop" | "length" | "tool_calls"
     completion_tokens: int
+    stop_sequence: str | None = None  # the client's stop string that ended it (Anthropic reports it)
 
 
 @dataclass
@@ -173,6 +174,28 @@ async def start(run: Run) -> None:
 # --8<-- [end:start]
 
 
+# --8<-- [start:model_info]
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model itself, for protocols that show it: llama.cpp's /props, Ollama's /api/show and /api/tags."""
+
+    id: str
+    path: str            # the model file, "" when there is none
+    size: int            # bytes on disk
+    description: str     # llama.cpp's one-line summary, such as "llama 135M Q4_1"
+    n_ctx: int           # the context window the server runs with
+    n_ctx_train: int
+    n_params: int
+    n_embd: int
+    n_vocab: int
+    chat_template: str
+    bos_token: str
+    eos_token: str
+    metadata: dict[str, str] = field(default_factory=dict)  # the GGUF key-values, as llama.cpp reads them
+    engine: str = ""     # what runs it, such as "llama-cpp-python 0.3.36"
+# --8<-- [end:model_info]
+
+
 # --8<-- [start:backend]
 class Backend(Protocol):
     """What the HTTP layer needs from whatever generates.
@@ -193,6 +216,14 @@ class Backend(Protocol):
     def chat(self, body: CreateChatCompletionRequest) -> Run: ...
     def complete(self, body: CreateCompletionRequest) -> list[Run]: ...  # one Run per prompt
     async def embed(self, body: CreateEmbeddingRequest) -> Embedded: ...
+    # --8<-- [start:introspection]
+    # The model itself, for protocols that expose it (llama.cpp's /tokenize and /props, Ollama's
+    # /api/show, Anthropic's count_tokens): read-only, nothing is queued.
+    def info(self) -> ModelInfo: ...
+    def tokenize(self, text: str, *, special: bool = True, add_special: bool = True) -> list[int]: ...
+    def token_bytes(self, token: int) -> bytes: ...  # one token's raw piece: may be part of a character
+    def count_chat_tokens(self, body: CreateChatCompletionRequest) -> int: ...  # the prompt chat() would build
+    # --8<-- [end:introspection]
 # --8<-- [end:backend]
 
 

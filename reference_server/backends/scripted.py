@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Union
 
 from .. import errors
-from .base import Embedded, Event, ModelCard, Run
+from .base import Embedded, Event, ModelCard, ModelInfo, Run
 
 Step = Union[Event, BaseException, float]
 Script = Union[Sequence[Step], Callable[[Any], Sequence[Step]]]
@@ -95,3 +95,19 @@ class ScriptedBackend:
         self.require_ready()
         inputs = [body.input] if isinstance(body.input, str) else list(body.input)
         return Embedded([[1.0, 0.0] for _ in inputs], len(inputs))
+
+    # A byte-level tokenizer: one token per UTF-8 byte, so a piece can be part of a character.
+    def tokenize(self, text: str, *, special: bool = True, add_special: bool = True) -> list[int]:
+        return [256] * add_special + list(text.encode("utf-8"))
+
+    def token_bytes(self, token: int) -> bytes:
+        return b"<s>" if token == 256 else bytes([token])
+
+    def count_chat_tokens(self, body: Any) -> int:
+        self.require_ready()
+        return self.prompt_tokens
+
+    def info(self) -> ModelInfo:
+        self.require_ready()
+        return ModelInfo(self.model, "", 0, "scripted 0M bytes", 64, 64, 0, 2, 257, "{{ messages }}", "<s>", "",
+                         {"general.architecture": "scripted"})

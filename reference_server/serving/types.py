@@ -22,6 +22,36 @@ class ErrorResponse(TypedDict):
     error: ErrorObject
 
 
+class OllamaError(TypedDict):
+    """Ollama's error body on /api/*."""
+
+    error: str
+
+
+class AnthropicErrorObject(TypedDict):
+    type: str
+    message: str
+
+
+class AnthropicError(TypedDict):
+    """Anthropic's error body on /v1/messages."""
+
+    type: Literal["error"]
+    error: AnthropicErrorObject
+
+
+class LlamaCppErrorObject(TypedDict):
+    code: int
+    message: str
+    type: str
+
+
+class LlamaCppError(TypedDict):
+    """llama-server's error body on /tokenize, /detokenize, /props."""
+
+    error: LlamaCppErrorObject
+
+
 class CompletionUsage(TypedDict):
     prompt_tokens: int
     completion_tokens: int

@@ -26,8 +26,9 @@ from ... import errors
 from ...protocol import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
 from ...sampling import SamplingParams
 from ...settings import Settings
-from ..base import ChoiceDone, Embedded, Event, Generation, ModelCard, Run
+from ..base import ChoiceDone, Embedded, Event, Generation, ModelCard, ModelInfo, Run, TextDelta
 from . import native, prompts, tools
+from .batching import BatchingRunner
 from .serial import SerialRunner, Worker
 
 CHATML_TEMPLATE = (
@@ -59,7 +60,9 @@ class LocalBackend:
         self.stats = {"completed": 0, "cancelled": 0, "tokens": 0,  # read by tests and benchmarks
                       "grammar_steps_top": 0, "grammar_steps_full": 0}
         self._worker = Worker("llama", settings.max_queue)
-        self.runner: SerialRunner | None = None
+        self.runner: SerialRunner | BatchingRunner | None = None
+        self.batching = not settings.deterministic  # see batching.py; deterministic: serial.py
+        self.memory = ""  # what the slots cost, said at start-up
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -72,12 +75,13 @@ class LocalBackend:
             import llama_cpp
             from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-            common = dict(model_path=str(self.settings.model_path), n_ctx=self.settings.n_ctx,
-                          n_threads=self.settings.n_threads, n_threads_batch=self.settings.n_threads,
-                          verbose=self.settings.verbose)
-            self.extra_buffers = native.extra_buffers_on(self.settings.extra_buffers)
+            s = self.settings
+            common = dict(model_path=str(s.model_path), n_ctx=s.n_ctx,
+                          n_threads=s.n_threads, n_threads_batch=s.n_threads, verbose=s.verbose)
+            self.extra_buffers = native.extra_buffers_on(s.extra_buffers)
             with native.model_params(self.extra_buffers) as buffers:  # see native.py: AMX
-                self._llm = llama_cpp.Llama(n_batch=self.settings.n_batch, **common)
+                # Batching decodes in a context of its own: this one only tokenizes, so it stays small.
+                self._llm = llama_cpp.Llama(n_batch=s.n_batch, **{**common, "n_ctx": 64 if self.batching else s.n_ctx})
                 if self.settings.embeddings:
                     self._embedder = llama_cpp.Llama(
                         embedding=True, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
@@ -89,7 +93,14 @@ class LocalBackend:
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise_template_error
             self._template = env.from_string(source)
-            self.runner = SerialRunner(self._llm, self._eog, self._worker, self.n_ctx, self.stats)
+            if self.batching:
+                self.runner = BatchingRunner(self._llm.model, parallel=s.parallel, n_ctx_slot=s.n_ctx,
+                                             n_batch=s.n_batch, n_threads=s.n_threads, prefix_cache=s.prefix_cache,
+                                             max_queue=s.max_queue, stats=self.stats)
+                self.memory = self.runner.memory_report()
+            else:
+                self.runner = SerialRunner(self._llm, self._eog, self._worker, self.n_ctx, self.stats)
+                self.memory = "serial (--deterministic): one sequence at a time, no cache"
             self.self_check = self._self_check()
             self.state = "ready"
         except Exception as exc:  # reported by /health and every endpoint, never a traceback
@@ -104,23 +115,22 @@ class LocalBackend:
         A build that cannot run on this CPU fails here, at start-up, not at a client's first
         request; and the first request no longer pays for warming up.
         """
-        import llama_cpp
-
         start = time.perf_counter()
         prompt = self.tokenize(SELF_CHECK_PROMPT)
         events: list[Event] = []
         assert self.runner is not None
-        self.runner.run(prompt, SamplingParams(max_tokens=4, temperature=0.0), threading.Event(), events.append)
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._llm.ctx, -1),
-                                       shape=(self._llm.n_vocab(),))
+        self.runner.run(prompt, SamplingParams(max_tokens=4, temperature=0.0, logprobs=1), threading.Event(),
+                        events.append)
+        logprobs = [e.logprob for d in events if isinstance(d, TextDelta) for e in d.logprobs]
         done = [e for e in events if isinstance(e, ChoiceDone)]
-        if not done or not np.isfinite(logits).all():
+        if not done or not logprobs or not np.isfinite(logprobs).all():
             raise RuntimeError("the self-check generation produced no tokens or non-finite logits: "
                                "the model file or the llama.cpp build is broken")
         report = {"prompt_tokens": len(prompt), "generated_tokens": done[0].completion_tokens,
                   "embedding_dimensions": None}
         if self._embedder is not None:
-            vector = np.asarray(self._embedder.embed([SELF_CHECK_PROMPT], normalize=True)[0])
+            vector = np.asarray(self._on_llama_thread(lambda: self._embedder.embed([SELF_CHECK_PROMPT],
+                                                                                   normalize=True))()[0])
             if not np.isfinite(vector).all() or abs(float(np.linalg.norm(vector)) - 1) > 1e-3:
                 raise RuntimeError("the self-check embedding is not a finite unit vector: "
                                    "the model file or the llama.cpp build is broken")
@@ -136,6 +146,18 @@ class LocalBackend:
 
     async def close(self) -> None:
         self._worker.close()
+        if isinstance(self.runner, BatchingRunner):
+            self.runner.close()
+
+    def _on_llama_thread(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn``, made to run on the batching runner's thread when there is one (OpenMP: see above).
+
+        The worker thread then only waits for it, which keeps the worker's queue accounting.
+        """
+        runner = self.runner
+        if isinstance(runner, BatchingRunner):
+            return lambda: runner.call(fn).result()
+        return fn
 
     def require_ready(self) -> None:
         if self.state != "ready":
@@ -151,6 +173,8 @@ class LocalBackend:
 
     @property
     def queue_depth(self) -> int:
+        if isinstance(self.runner, BatchingRunner):
+            return self._worker.pending + self.runner.queue_depth
         return self._worker.pending
 
     @property
@@ -160,6 +184,8 @@ class LocalBackend:
 
         s = self.settings
         key = f"{llama_cpp.__version__}|{s.model_path.name}|{self.created}|{s.n_ctx}"
+        if self.batching:  # batch shapes and cached prefixes change floats: another configuration
+            key += f"|batching|{s.parallel}|{s.prefix_cache}"
         return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
     # ---- prompts -----------------------------------------------------------------------------
@@ -171,14 +197,43 @@ class LocalBackend:
                                      bos_token="", eos_token="")
     # --8<-- [end:render_chat]
 
-    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=True, special=special)
+    def tokenize(self, text: str, *, special: bool = True, add_special: bool = True) -> list[int]:
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=special)
 
     def detokenize(self, tokens: list[int]) -> str:
         return self._llm.detokenize(tokens).decode("utf-8", errors="replace")
 
     def valid_token(self, token: int) -> bool:
         return 0 <= token < self._llm.n_vocab()
+
+    # --8<-- [start:introspection]
+    # Read-only views of the model for protocols that show it (backends/base.py, "introspection").
+    def token_bytes(self, token: int) -> bytes:
+        return self._llm.detokenize([token], special=True)
+
+    def count_chat_tokens(self, body: CreateChatCompletionRequest) -> int:
+        self.require_ready()
+        return len(prompts.chat_prompt(self, body, tools.plan(self, body).instructions))
+
+    def info(self) -> ModelInfo:
+        import ctypes
+
+        import llama_cpp
+
+        self.require_ready()
+        path, model = Path(self.settings.model_path), self._llm.model
+        desc = ctypes.create_string_buffer(256)
+        llama_cpp.llama_model_desc(model, desc, len(desc))
+        return ModelInfo(
+            id=self.model_id, path=str(path), size=path.stat().st_size if path.exists() else 0,
+            description=desc.value.decode("utf-8", errors="replace"), n_ctx=self.n_ctx,
+            n_ctx_train=llama_cpp.llama_model_n_ctx_train(model), n_params=llama_cpp.llama_model_n_params(model),
+            n_embd=self._llm.n_embd(), n_vocab=self._llm.n_vocab(),
+            chat_template=self._llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE,
+            bos_token=self.token_bytes(self._llm.token_bos()).decode("utf-8", errors="replace"),
+            eos_token=self.token_bytes(self._llm.token_eos()).decode("utf-8", errors="replace"),
+            metadata=dict(self._llm.metadata), engine=f"llama-cpp-python {llama_cpp.__version__}")
+    # --8<-- [end:introspection]
 
     # --8<-- [start:grammar]
     @staticmethod
@@ -255,7 +310,8 @@ class LocalBackend:
                 f"'dimensions' must be {self.embedding_dimensions} or omitted.", param="dimensions")
         self._require_embedder()
         self._worker.reserve()
-        vectors = await self._worker.submit(lambda: self._embedder.embed(texts, normalize=True, truncate=False))
+        vectors = await self._worker.submit(
+            self._on_llama_thread(lambda: self._embedder.embed(texts, normalize=True, truncate=False)))
         return Embedded(vectors, tokens)
     # --8<-- [end:embed]
 

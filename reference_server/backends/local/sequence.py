@@ -54,7 +54,7 @@ class Sequence:
         tail = self._stops.feed(self._decoder.decode(b"", final=True)) + self._stops.flush()
         out: list[Event] = [TextDelta(self.index, tail, self._logprobs)] if tail or self._logprobs else []
         self._logprobs = []
-        return [*out, ChoiceDone(self.index, self.finish_reason, self.count)]
+        return [*out, ChoiceDone(self.index, self.finish_reason, self.count, self._stops.matched)]
 # --8<-- [end:sequence]
 
 

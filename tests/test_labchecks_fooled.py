@@ -1,0 +1,202 @@
+"""Wrong answers a learner could plausibly give that the lab checks must refuse (issue 18).
+
+Each test runs a check on the named wrong answer and expects it to fail; the solution passing the
+same check is proven by tests/test_labs.py, which runs every solved notebook.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coursekit.checks import LabCheckFailed
+from coursekit.labchecks import errors
+
+BASE, CAP = 0.5, 8.0
+
+
+def _delay(attempt: int, retry_after: object, rand: object, jitter: object) -> float:
+    if retry_after is not None:
+        try:
+            return float(retry_after)  # type: ignore[arg-type]
+        except ValueError:
+            pass
+    return jitter(min(CAP, BASE * 2 ** attempt), rand)  # type: ignore[operator]
+
+
+def test_backoff_refuses_full_jitter_that_can_wait_nothing() -> None:
+    def full_jitter(attempt: int, retry_after: object = None, *, rand: object = random.random) -> float:
+        return _delay(attempt, retry_after, rand, lambda d, r: d * r())
+    with pytest.raises(LabCheckFailed) as info:
+        errors.backoff(full_jitter)
+    assert "barely waits" in info.value.what
+    from coursekit.checks import CONCRETE
+    assert "at least half" in CONCRETE["Backoff with jitter"]
+
+
+def test_backoff_accepts_half_to_all_of_the_delay() -> None:
+    def half_jitter(attempt: int, retry_after: object = None, *, rand: object = random.random) -> float:
+        return _delay(attempt, retry_after, rand, lambda d, r: d * (0.5 + r() / 2))
+    errors.backoff(half_jitter)  # raises LabCheckFailed when it does not pass
+
+
+def test_fix_check_refuses_a_fix_that_returns_a_constant() -> None:
+    import copy
+
+    from coursekit.labchecks import openai_format
+
+    def solution(broken: dict) -> dict:
+        import datetime as dt
+        fixed = copy.deepcopy(broken)
+        choice = fixed["choices"][0]
+        choice["finish_reason"] = choice.pop("finishReason").lower()
+        choice["logprobs"] = None
+        choice["message"].update(role="assistant", refusal=None)
+        fixed["created"] = int(dt.datetime.fromisoformat(fixed["created"].replace("Z", "+00:00")).timestamp())
+        prompt, completion = fixed.pop("prompt_tokens"), fixed.pop("completion_tokens")
+        fixed["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                          "total_tokens": prompt + completion}
+        return fixed
+    answer = solution(openai_format.BROKEN_RESPONSE)
+    openai_format.fixed(solution)
+    with pytest.raises(LabCheckFailed) as info:
+        openai_format.fixed(lambda broken: copy.deepcopy(answer))
+    assert "not another broken response" in info.value.what
+    assert "Lyon is second." in " ".join(info.value.details)
+
+
+@pytest.fixture()
+def package(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """myserver/ as the solutions of labs 01 to ``request.param`` write it, importable (forgotten afterwards)."""
+    import sys
+    from pathlib import Path
+
+    from coursekit import export
+
+    root = Path(__file__).resolve().parents[1]
+    export.export_notebooks(sorted((root / "solutions").glob(f"0[1-{getattr(request, 'param', 3)}]*.ipynb")), tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield tmp_path / "myserver"
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        del sys.modules[name]
+
+
+def _client_of_fake_app() -> Any:
+    from fastapi.testclient import TestClient
+
+    from coursekit.labchecks.fakes import FakeEngine, package_module
+
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=FakeEngine(pieces=6))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_chat_endpoint_refuses_an_answer_kept_from_an_earlier_request(package: Path) -> None:
+    from coursekit.labchecks import fastapi_basics
+
+    with _client_of_fake_app() as http:
+        fastapi_basics.chat_endpoint(http)  # the solution passes
+    chat = package / "routers" / "chat.py"
+    source = chat.read_text()
+    line = "    events = await worker.run("
+    assert line in source
+    chat.write_text("CACHE = {}\n" + source.replace(
+        line, "    events = CACHE.setdefault('events', None) or await worker.run(").replace(
+        "    return collect(events, meta)", "    CACHE['events'] = events\n    return collect(events, meta)"))
+    import sys
+    for name in [m for m in sys.modules if m.startswith("myserver")]:
+        del sys.modules[name]
+    with _client_of_fake_app() as http, pytest.raises(LabCheckFailed) as info:
+        fastapi_basics.chat_endpoint(http)
+    assert "does not come from the model" in info.value.what
+
+
+@pytest.mark.parametrize("message", [lambda name: "Error.", lambda name: name, lambda name: "Something failed."])
+def test_error_mapping_refuses_messages_that_do_not_say_what_went_wrong(message: Any) -> None:
+    from coursekit.labchecks import api_design
+
+    def table(say: Any) -> dict:
+        return {name: (status, {"error": {"message": say(name), "type": type_, "param": param, "code": code}})
+                for name, (status, type_, param, code) in api_design.EXPECTED_ERRORS.items()}
+    api_design.errors(table(lambda name: f"{name}: {api_design.MESSAGE_WORDS[name][-1]} went wrong here"))
+    with pytest.raises(LabCheckFailed) as info:
+        api_design.errors(table(message))
+    assert "what went wrong" in " ".join(info.value.details)
+
+
+@pytest.mark.parametrize("package", [4], indirect=True)
+def test_stream_check_refuses_a_stream_sent_all_at_once(package: Path) -> None:
+    from coursekit.labchecks import streaming
+
+    with _client_of_fake_app() as http:
+        streaming.stream_endpoint(http)  # the solution passes
+    module = package / "streaming.py"
+    source = module.read_text()
+    loop = "    async for chunk in chunks:\n        yield sse_event(json.dumps(chunk))\n"
+    assert loop in source
+    module.write_text(source.replace(loop, "    everything = [chunk async for chunk in chunks]\n"
+                                           "    for chunk in everything:\n        yield sse_event(json.dumps(chunk))\n"))
+    import sys
+    for name in [m for m in sys.modules if m.startswith("myserver")]:
+        del sys.modules[name]
+    with _client_of_fake_app() as http, pytest.raises(LabCheckFailed) as info:
+        streaming.stream_endpoint(http)
+    assert "sent all at once" in info.value.what
+
+
+def test_waiting_for_health_stops_on_a_model_that_failed_to_load() -> None:
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from coursekit import lab
+
+    app = FastAPI()
+    answers = iter([("model_loading", "The model is still loading."),
+                    ("model_load_failed", "The model failed to load: ValueError: not a GGUF file")])
+
+    @app.get("/health")
+    def health() -> JSONResponse:
+        code, message = next(answers)
+        return JSONResponse({"error": {"message": message, "type": "server_error", "param": None,
+                                       "code": code}}, status_code=503)
+    with TestClient(app) as http, pytest.raises(lab.ModelNotReady, match="not a GGUF file"):
+        lab.wait_until_ready(http, timeout=5)
+
+
+def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from coursekit import checks
+    from coursekit.labchecks import streaming as check
+
+    checks.FAILURES.pop("SSE framing", None)
+
+    def as_text(data: str) -> str:
+        return f"data: {data}\n\n"  # a str: the body must be bytes
+    with pytest.raises(LabCheckFailed) as first:
+        check.framing(as_text)
+    assert first.value.hint.startswith("an SSE event is a field name")
+    assert "encode" not in first.value.hint and "check.hint(check.framing)" in first.value.hint
+    assert "📖 Reread: course/04-streaming.md" in first.value.message
+    check.hint(check.framing)
+    assert "encode('utf-8')" in capsys.readouterr().out
+    with pytest.raises(LabCheckFailed) as second:
+        check.framing(as_text)
+    assert second.value.hint == "return the text .encode('utf-8')"
+
+
+@pytest.mark.parametrize("module", ["api_design", "fastapi_basics", "streaming", "errors", "embeddings", "tools"])
+def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
+    import importlib
+
+    checks_module = importlib.import_module(f"coursekit.labchecks.{module}")
+    found = [fn for fn in vars(checks_module).values() if hasattr(fn, "concrete_hint")]
+    assert len(found) >= 4
+    for fn in found:
+        assert fn.nudge, fn.check_name
+        assert not re.search(r"\w\(", fn.concrete_hint + fn.nudge), f"code to copy in {fn.check_name}"

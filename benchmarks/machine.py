@@ -61,19 +61,40 @@ def machine_lines(info: dict[str, Any], model: Path, n_ctx: int, threads: int) -
     ]
 
 
-def _jiffies(pids: list[int]) -> tuple[int, int, int] | None:
-    """(all CPU time, busy CPU time, CPU time of ``pids``), in clock ticks; Linux only."""
+def _family(pids: list[int]) -> set[int]:
+    """``pids`` and all their descendants: a server started through a supervisor works in a child."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    family = set(pids)
+    while True:
+        children = {pid for pid, parent in parents.items() if parent in family} - family
+        if not children:
+            return family
+        family |= children
+
+
+def _jiffies(pids: set[int]) -> tuple[int, int, dict[int, int]] | None:
+    """(all CPU time, busy CPU time, CPU time of each of ``pids``), in clock ticks; Linux only."""
     try:
         values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        idle = values[3] + values[4]  # idle, iowait
-        ours = 0
-        for pid in pids:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            fields = stat[stat.rindex(")") + 2:].split()
-            ours += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
-        return sum(values), sum(values) - idle, ours
     except (OSError, ValueError, IndexError):
         return None
+    idle = values[3] + values[4]  # idle, iowait
+    ours: dict[int, int] = {}
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            ours[pid] = int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+        except (OSError, ValueError, IndexError):
+            continue  # gone
+    return sum(values), sum(values) - idle, ours
 
 
 class LoadMeter:
@@ -93,13 +114,18 @@ class _Window:
         self.other: float | None = None
 
     def __enter__(self) -> "_Window":
-        self._start = _jiffies(self.pids)
+        try:
+            self._family = _family(self.pids)
+        except OSError:
+            self._family = set(self.pids)
+        self._start = _jiffies(self._family)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        end = _jiffies(self.pids)
+        end = _jiffies(self._family)
         if self._start is None or end is None:
             return
-        total, busy, ours = (b - a for a, b in zip(self._start, end))
+        total, busy = end[0] - self._start[0], end[1] - self._start[1]
+        ours = sum(end[2][pid] - self._start[2][pid] for pid in end[2] if pid in self._start[2])
         if total > 0:
             self.other = max(0.0, (busy - ours) / total)

@@ -218,8 +218,12 @@ _SERVERS: list[Server] = []
 _URL_RE = re.compile(r"(http://\S+?/v1)\b")
 
 
-def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None) -> Server:
+def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None,
+          env: dict[str, str] | None = None) -> Server:
     """Starts your package as a server process and waits until its ``/health`` says ready.
+
+    ``env`` adds environment variables for that process only (``{"MYSERVER_PARALLEL": "4"}``),
+    as ``MYSERVER_PARALLEL=4 python -m myserver`` would in a terminal.
 
     It never raises: if your server does not start, it prints why (the end of its log) and
     returns a handle whose ``ready`` is False, so the check that follows tells you what to fix.
@@ -236,7 +240,7 @@ def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None) -
         command += ["--api-key", key]
     command += args or []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
-               COURSE_PARENT_PID=str(os.getpid()))
+               COURSE_PARENT_PID=str(os.getpid()), **(env or {}))
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(root))
     server = Server(process, log, None, (api_keys or [None])[0])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,8 @@ def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: py
     assert second.value.hint == "return the text .encode('utf-8')"
 
 
-@pytest.mark.parametrize("module", ["api_design", "fastapi_basics", "streaming", "errors", "embeddings", "tools"])
+@pytest.mark.parametrize("module", ["api_design", "fastapi_basics", "streaming", "errors", "embeddings", "tools",
+                                    "batching"])
 def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
     import importlib
 
@@ -200,3 +202,187 @@ def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module:
     for fn in found:
         assert fn.nudge, fn.check_name
         assert not re.search(r"\w\(", fn.concrete_hint + fn.nudge), f"code to copy in {fn.check_name}"
+
+
+# ---- lab 8: batching (plain data, a scripted model, and a scripted client: no llama.cpp) ----------------
+
+def _solution_entries(slots: list) -> list:
+    out = []
+    for slot in slots:
+        if slot.next_token is not None:
+            out.append((slot.next_token, len(slot.tokens), slot.seq, True))
+        else:
+            out += [(t, len(slot.tokens) + i, slot.seq, i == len(slot.todo) - 1) for i, t in enumerate(slot.todo)]
+    return out
+
+
+def test_batch_check_refuses_logits_after_every_prompt_token() -> None:
+    from coursekit.labchecks import batching
+
+    batching.entries(_solution_entries)
+
+    def every_row(slots: list) -> list:
+        return [(token, pos, seq, True) for token, pos, seq, _ in _solution_entries(slots)]
+    with pytest.raises(LabCheckFailed) as info:
+        batching.entries(every_row)
+    assert "after every prompt token" in info.value.what
+
+
+def test_batch_check_refuses_a_prompt_that_restarts_at_position_0() -> None:
+    from coursekit.labchecks import batching
+
+    def from_zero(slots: list) -> list:
+        out = []
+        for slot in slots:
+            if slot.next_token is not None:
+                out.append((slot.next_token, len(slot.tokens), slot.seq, True))
+            else:  # forgets the cached prefix its cells hold
+                out += [(t, i, slot.seq, i == len(slot.todo) - 1) for i, t in enumerate(slot.todo)]
+        return out
+    with pytest.raises(LabCheckFailed) as info:
+        batching.entries(from_zero)
+    assert "positions [0, 1], not [4, 5]" in info.value.what
+
+
+def _step(one_decode: bool = True, row_of: Any = None) -> Any:
+    """The solution's step, or a variant: a decode per slot, or a row picked another way."""
+    def step(engine: Any) -> None:
+        busy = [slot for slot in engine.slots if slot.request is not None]
+        groups = [busy] if one_decode else [[slot] for slot in busy]
+        for group in groups:
+            entries = _solution_entries(group)
+            engine.decode(entries)
+            rows = {seq: i for i, (_, _, seq, logits) in enumerate(entries) if logits}
+            for k, slot in enumerate(group):
+                if slot.todo:
+                    slot.tokens += slot.todo
+                    slot.todo = []
+                else:
+                    slot.tokens.append(slot.next_token)
+                token = engine.sample(slot, row_of(k, slot, rows) if row_of else rows[slot.seq])
+                request = slot.request
+                request.count += 1
+                request.out.put(token)
+                if token in engine.end_of_turn or request.count >= request.max_tokens:
+                    engine.release(slot)
+                else:
+                    slot.next_token = token
+    return step
+
+
+def test_step_check_refuses_a_decode_per_sequence_and_a_row_per_slot() -> None:
+    from coursekit.labchecks import batching
+
+    batching.step(_step())
+    with pytest.raises(LabCheckFailed) as info:
+        batching.step(_step(one_decode=False))
+    assert "more than once in one step" in info.value.what
+    with pytest.raises(LabCheckFailed) as info:
+        batching.step(_step(row_of=lambda k, slot, rows: k))  # the slot's place, not its entry's
+    assert "has no logits" in info.value.what or "logits of sequence" in info.value.what
+
+
+def test_prefix_check_refuses_the_whole_prompt_from_the_cache() -> None:
+    import os
+
+    from coursekit.labchecks import batching
+
+    def longest(cached: list, new: list) -> int:
+        return len(os.path.commonprefix([cached, new]))
+
+    def right(cached: list, new: list) -> int:
+        return max(0, min(longest(cached, new), len(new) - 1))
+
+    def pick(free: list, tokens: list) -> Any:
+        return max(free, key=lambda slot: right(slot.tokens, tokens))
+    batching.prefix(right, pick)
+    with pytest.raises(LabCheckFailed) as info:
+        batching.prefix(longest, pick)
+    assert "returned 4, not 3" in info.value.what
+    assert "no logits" in " ".join(info.value.details)
+    with pytest.raises(LabCheckFailed) as info:
+        batching.prefix(right, lambda free, tokens: free[0])
+    assert "holds the first 5 tokens" in info.value.what
+
+
+class _ScriptedClient:
+    """Just what the lab's room() and the checks call of the official client, with a fixed speed."""
+
+    def __init__(self, answers: dict[str, str] | None = None, seconds_per_token: float = 0.01) -> None:
+        from types import SimpleNamespace
+
+        self.answers, self.delay = answers or {}, seconds_per_token
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=self.create))
+
+    def create(self, *, messages: list, max_tokens: int, stream: bool = False, **_: Any) -> Any:
+        from types import SimpleNamespace as NS
+
+        text = self.answers.get(messages[-1]["content"], "1, 2, 3, 4, 5, 6, 7, 8")
+        if not stream:
+            return NS(choices=[NS(message=NS(content=text))], usage=NS(completion_tokens=max_tokens))
+
+        def chunks() -> Iterator[Any]:
+            for _ in range(max_tokens):
+                time.sleep(self.delay)
+                yield NS(choices=[NS(delta=NS(content="x"))], usage=None)
+            yield NS(choices=[], usage=NS(completion_tokens=max_tokens))
+        return chunks()
+
+
+def _room(one_by_one: bool) -> Any:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(client: Any, max_tokens: int) -> dict:
+        start, tokens = time.perf_counter(), 0
+        for chunk in client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Count."}],
+                                                    max_tokens=max_tokens, stream=True):
+            tokens = chunk.usage.completion_tokens if chunk.usage else tokens
+        return {"seconds": time.perf_counter() - start, "tokens": tokens}
+
+    def room(client: Any, n_clients: int, max_tokens: int = 24) -> dict:
+        start = time.perf_counter()
+        if one_by_one:
+            answers = [ask(client, max_tokens) for _ in range(n_clients)]
+        else:
+            with ThreadPoolExecutor(n_clients) as pool:
+                answers = list(pool.map(lambda _: ask(client, max_tokens), range(n_clients)))
+        seconds = time.perf_counter() - start
+        tokens = sum(a["tokens"] for a in answers)
+        return {"clients": n_clients, "tokens": tokens, "seconds": seconds, "tok_s": tokens / seconds}
+    return room
+
+
+def test_room_check_refuses_clients_that_ask_one_after_another() -> None:
+    from types import SimpleNamespace
+
+    from coursekit.labchecks import batching
+
+    server = SimpleNamespace(ready=True, client=_ScriptedClient)
+    batching.room(_room(one_by_one=False), server)
+    with pytest.raises(LabCheckFailed) as info:
+        batching.room(_room(one_by_one=True), server)
+    assert "one after another" in info.value.what
+
+
+def test_together_check_refuses_answers_that_cross() -> None:
+    from types import SimpleNamespace
+
+    from coursekit.labchecks import batching
+
+    alone = ["1, 2, 3, 4, 5, 6", "Monday, Tuesday, Wednesday", "A, B, C, D, E"]
+    right = dict(zip(batching.NEAR_CERTAIN, alone))
+    batching.together(SimpleNamespace(ready=True, client=lambda: _ScriptedClient(right)), alone)
+    crossed = dict(zip(batching.NEAR_CERTAIN, alone[1:] + alone[:1]))  # each sampled from another's row
+    with pytest.raises(LabCheckFailed) as info:
+        batching.together(SimpleNamespace(ready=True, client=lambda: _ScriptedClient(crossed)), alone)
+    assert "3 of 3 answers" in info.value.what
+
+
+def test_faster_check_refuses_a_room_that_still_waits_in_line() -> None:
+    from coursekit.labchecks import batching
+
+    serial = {"clients": 4, "tokens": 96, "seconds": 2.0, "tok_s": 48.0, "first_token_ms": [30, 530, 1030, 1530]}
+    batching.faster(serial, {**serial, "seconds": 1.0, "tok_s": 96.0, "first_token_ms": [40, 45, 50, 55]})
+    with pytest.raises(LabCheckFailed) as info:  # a thread per slot forgotten: the worker still serialises
+        batching.faster(serial, {**serial, "seconds": 1.9, "tok_s": 50.5, "first_token_ms": [30, 500, 980, 1450]})
+    assert "1.05x" in info.value.what and "one by one" in " ".join(info.value.details)

@@ -102,16 +102,16 @@ def _require_server(server: Any) -> Any:
 def room(room_fn: Callable[..., Any], server: Any) -> str:
     recorder = _Recorder(_require_server(server))
     start = time.perf_counter()
-    result = room_fn(recorder, 3, 6)
+    result = room_fn(recorder, 2, 4)
     took = time.perf_counter() - start
     if result is None:
-        raise Mismatch("room(client, 3, 6) returned None: it should return a dict with 'tokens', 'seconds' "
+        raise Mismatch("room(client, 2, 4) returned None: it should return a dict with 'tokens', 'seconds' "
                        "and 'tok_s'")
     if not isinstance(result, dict) or not {"tokens", "seconds", "tok_s"} <= set(result):
-        raise Mismatch(f"room(client, 3, 6) returned {short(result)}: a dict with 'tokens', 'seconds' and 'tok_s'")
+        raise Mismatch(f"room(client, 2, 4) returned {short(result)}: a dict with 'tokens', 'seconds' and 'tok_s'")
     calls = recorder.calls
-    if len(calls) != 3:
-        raise Mismatch(f"room(client, 3, 6) sent {len(calls)} request{'s' if len(calls) != 1 else ''}, not 3: "
+    if len(calls) != 2:
+        raise Mismatch(f"room(client, 2, 4) sent {len(calls)} request{'s' if len(calls) != 1 else ''}, not 2: "
                        "one per client")
     if any(c["exit"] is None for c in calls):
         raise Mismatch("some clients did not read their whole stream: the last chunk (the usage) is where the "
@@ -123,7 +123,7 @@ def room(room_fn: Callable[..., Any], server: Any) -> str:
                                 f"{1000 * (c['exit'] - start):.0f} ms" for i, c in enumerate(calls)])
     tokens = sum(c["tokens"] or 0 for c in calls)
     if result["tokens"] != tokens:
-        raise Mismatch(f"'tokens' is {short(result['tokens'])}, but the server's usage says the three answers "
+        raise Mismatch(f"'tokens' is {short(result['tokens'])}, but the server's usage says the two answers "
                        f"had {tokens} completion tokens in all")
     wall = max(c["exit"] for c in calls) - min(c["enter"] for c in calls)
     seconds = result["seconds"]
@@ -135,7 +135,7 @@ def room(room_fn: Callable[..., Any], server: Any) -> str:
         raise Mismatch(f"'tok_s' is {short(rate)}, not tokens / seconds = {tokens / seconds:.1f}: what the room "
                        "gets is its tokens over its wall time (a sum of each client's speed counts the time "
                        "they waited for each other as if it were free)")
-    return f"A room of clients: 3 clients at once, {tokens} tokens in {seconds:.2f} s, {rate:.0f} tokens/s"
+    return f"A room of clients: 2 clients at once, {tokens} tokens in {seconds:.2f} s, {rate:.0f} tokens/s"
 
 
 def show(result: Any, label: str) -> None:
@@ -493,7 +493,10 @@ def _common_chars(a: str, b: str) -> int:
        hint="start the second server with MYSERVER_PARALLEL=4 (the env argument of lab.serve); make_engine must return your "
             "BatchingEngine when settings.parallel > 1, and the worker must run settings.parallel threads so "
             "that four calls of generate wait at once")
-def faster(serial: Any, batched: Any) -> str:
+def faster(serial: Any, batched: Any, again: Callable[[], Any] | None = None) -> str:
+    """``again`` measures the batched room once more: a machine shared with other work slows one room
+    now and then, so a room below the bar is measured again, up to twice, and the best one is kept
+    (in ``batched``, which is updated in place)."""
     for name, result in (("serial", serial), ("batched", batched)):
         if not isinstance(result, dict) or not isinstance(result.get("tok_s"), (int, float)):
             raise Mismatch(f"there is no {name} measurement: room() returned {type_name(result)} "
@@ -501,14 +504,22 @@ def faster(serial: Any, batched: Any) -> str:
     if batched.get("clients") != serial.get("clients"):
         raise Mismatch(f"the two rooms had {serial.get('clients')} and {batched.get('clients')} clients: compare "
                        "the same room")
+    rooms = 1
+    while batched["tok_s"] < MIN_GAIN * serial["tok_s"] and again is not None and rooms < 3:
+        other = again()
+        rooms += 1
+        if isinstance(other, dict) and other.get("tok_s", 0) > batched["tok_s"]:
+            batched.update(other)
     gain = batched["tok_s"] / serial["tok_s"]
     if gain < MIN_GAIN:
-        details = [f"serial: {serial['tok_s']:.1f} tokens/s, batched: {batched['tok_s']:.1f} tokens/s"]
+        details = [f"serial: {serial['tok_s']:.1f} tokens/s, batched: {batched['tok_s']:.1f} tokens/s"
+                   + (f" (the best of {rooms} rooms)" if rooms > 1 else "")]
         firsts = batched.get("first_token_ms") or []
         if len(firsts) > 1 and max(firsts) > 0.6 * 1000 * batched["seconds"]:
             details.append(f"the batched server's first tokens came after {firsts} ms: the last client waited "
                            "for the others, so the requests still went one by one")
         raise Mismatch(f"with {batched['clients']} clients the batching server gave {gain:.2f}x the serial one's "
                        f"tokens per second: expected at least {MIN_GAIN}x", details=details)
+    best = f" (the best of {rooms} rooms: the machine was busy)" if rooms > 1 else ""
     return (f"Batched is faster: {batched['clients']} clients get {batched['tok_s']:.0f} tokens/s together, "
-            f"{gain:.1f}x the {serial['tok_s']:.0f} tokens/s of the serial server")
+            f"{gain:.1f}x the {serial['tok_s']:.0f} tokens/s of the serial server{best}")

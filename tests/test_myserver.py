@@ -44,14 +44,11 @@ def valid(item: object, schema: str) -> None:
     assert not problems, f"not a valid {schema}: {problems}"
 
 
-@pytest.fixture(scope="module")
-def learner_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("learner")
-    written = export.export_notebooks(sorted((ROOT / "solutions").glob("*.ipynb")), root)
-    assert {p.name for p in written} >= {"app.py", "engine.py", "remote.py", "worker.py", "chat.py", "tools.py"}
+def serve_package(root: Path, **environ: str) -> Iterator[str]:
+    """``python -m myserver`` from the package in ``root``, with an API key; yields its base URL."""
     log = root / "server.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), str(ROOT),
-                                                                   os.environ.get("PYTHONPATH")) if p))
+                                                                   os.environ.get("PYTHONPATH")) if p), **environ)
     env.pop("COURSE_BASE_URL", None)  # local mode: the package's own engine, llama.cpp
     with log.open("w") as out:
         process = subprocess.Popen([sys.executable, "-m", "myserver", "--port", "0", "--threads", "1",
@@ -74,6 +71,19 @@ def learner_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def package_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("learner")
+    written = export.export_notebooks(sorted((ROOT / "solutions").glob("*.ipynb")), root)
+    assert {p.name for p in written} >= {"app.py", "engine.py", "remote.py", "worker.py", "chat.py", "tools.py"}
+    return root
+
+
+@pytest.fixture(scope="module")
+def learner_server(package_root: Path) -> Iterator[str]:
+    yield from serve_package(package_root)
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +192,43 @@ def test_errors_in_the_envelope(client: openai.OpenAI, learner_server: str) -> N
     r = httpx.get(f"{learner_server}/engines", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 404
     valid(r.json(), "error")
+
+
+def test_the_batching_engine_keeps_every_feature(package_root: Path) -> None:
+    """Lab 8: with MYSERVER_PARALLEL=4 the package decodes requests together (its BatchingEngine);
+    what labs 3 to 7 built must still hold: streams and stop strings, a grammar per sequence (a forced
+    tool call, structured output, side by side), embeddings, and answers that do not cross."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    for base_url in serve_package(package_root, MYSERVER_PARALLEL="4"):
+        client = openai.OpenAI(base_url=base_url, api_key=KEY, max_retries=0, timeout=120)
+        tool = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 32,
+                "temperature": 0, "tools": [WEATHER],
+                "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+        schema = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+                  "required": ["answer"], "additionalProperties": False}
+        jobs = {
+            "tool": lambda: raw(client, "/chat/completions", tool),
+            "json": lambda: client.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "Is the sky blue?"}], max_tokens=16,
+                temperature=0, response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}),
+            "count": lambda: client.chat.completions.create(
+                model=MODEL_ID, messages=[{"role": "user", "content": "Count from 1 to 20, separated by commas."}],
+                max_tokens=12, temperature=0, stream=True, stop=["3"]),
+            "days": lambda: client.chat.completions.create(
+                model=MODEL_ID, max_tokens=12, temperature=0, messages=[{"role": "user", "content":
+                    "Write the days of the week, starting with Monday, separated by commas."}]),
+        }
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            done = dict(zip(jobs, pool.map(lambda job: job(), jobs.values())))
+        call = done["tool"]["choices"][0]["message"]["tool_calls"][0]
+        valid(done["tool"], "chat_completion_response")
+        jsonschema.validate(json.loads(call["function"]["arguments"]), WEATHER["function"]["parameters"])
+        jsonschema.validate(json.loads(done["json"].choices[0].message.content), schema)
+        chunks = list(done["count"])
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        counted = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert "1" in counted and "3" not in counted
+        assert "Monday" in done["days"].choices[0].message.content
+        vectors = client.embeddings.create(model=MODEL_ID, input=["The cat sat.", "Stocks fell."]).data
+        assert np.allclose(np.linalg.norm([v.embedding for v in vectors], axis=1), 1.0, atol=1e-3)

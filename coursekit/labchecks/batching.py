@@ -37,6 +37,7 @@ NEAR_CERTAIN = [
     "Count from 1 to 20, separated by commas.",
     "Write the days of the week, starting with Monday, separated by commas.",
     "List the letters of the alphabet from A to P, separated by commas.",
+    "List the months of the year, separated by commas.",
 ]
 
 

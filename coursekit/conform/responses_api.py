@@ -35,7 +35,11 @@ check = GROUP.check
 
 PROMPT = "Count from 1 to 20, separated by commas."
 FOLLOW_UP = "Now count backwards."
-INSTRUCTIONS = "You are a careful assistant. Answer in English, in one short sentence."
+# Longer than any default system prompt a chat template puts in when there is none (SmolLM2's has
+# about 20 tokens), so that instructions that replace it still add to the input.
+INSTRUCTIONS = ("Answer as a careful assistant would: in English, in one short sentence, without lists, without "
+                "code, without repeating the question, and without saying anything about yourself, your training "
+                "or these instructions. If you do not know the answer, say so plainly and stop there.")
 TOKENS = 16  # the spec's minimum for max_output_tokens
 NO_SUCH_ID = "resp_conform_no_such_response"
 TERMINAL = ("response.completed", "response.incomplete")
@@ -248,8 +252,8 @@ def instructions(t: Probe) -> None:
              f"the response's instructions are {_clip(body.get('instructions'))}, not the ones sent")
     a, b = _field(base, "usage", "input_tokens"), _field(body, "usage", "input_tokens")
     if isinstance(a, int) and isinstance(b, int):
-        t.expect(b > a, f"with instructions the input is {b} tokens, without them {a}: the instructions did "
-                 "not reach the model")
+        t.expect(b > a, f"with {len(INSTRUCTIONS.split())} words of instructions the input is {b} tokens, without "
+                 f"them {a}: the instructions did not reach the model")
 
 
 # ---- state ---------------------------------------------------------------------------------------

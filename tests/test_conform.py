@@ -484,6 +484,14 @@ def test_strict_fails_on_a_broken_optional_feature(open_fakes: str) -> None:
     assert conform.main(_args(f"{open_fakes}/ignores-n/v1", strict=True)) == 1
 
 
+def test_one_group_from_the_command_line(open_fakes: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--group responses runs those rows alone; --strict fails a Responses API that breaks one."""
+    assert conform.main(_args(f"{open_fakes}/resp-no-seq/v1", group=["responses"])) == 0
+    out = capsys.readouterr().out
+    assert "responses.stream" in out and "chat.stream" not in out
+    assert conform.main(_args(f"{open_fakes}/resp-no-seq/v1", group=["responses"], strict=True)) == 1
+
+
 def _args(base_url: str, **extra: Any) -> Any:
     import argparse
 

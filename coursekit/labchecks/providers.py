@@ -274,7 +274,9 @@ def chat(server: Any) -> str:
     r = httpx.post(f"{server.root}/api/chat", json=body, headers=_headers(server), timeout=120)
     wall = time.perf_counter() - started
     if r.status_code != 200:
-        raise Mismatch(f"POST /api/chat without 'stream' answered {r.status_code}", details=[f"body: {r.text[:200]!r}"])
+        raise Mismatch(f"POST /api/chat without 'stream' answered {r.status_code}",
+                       details=[f"body: {r.text[:200]!r}"] + (["a 500 is your code raising: print(server.log()) "
+                                                               "shows the traceback"] if r.status_code == 500 else []))
     kind = r.headers.get("content-type", "")
     if kind.startswith("text/event-stream"):
         raise Mismatch("your server answered Server-Sent Events (text/event-stream): Ollama's stream is NDJSON, "

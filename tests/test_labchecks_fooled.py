@@ -258,16 +258,27 @@ def test_provider_checks_are_graded_and_their_shapes_hold_no_calls() -> None:
     test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls("providers")
 
 
-def test_chat_check_refuses_sse_instead_of_ndjson(package10: Path) -> None:
+def test_chat_checks_refuse_sse_instead_of_ndjson(package10: Path) -> None:
     from coursekit.labchecks import providers
 
+    providers.scripted_chat()  # the solution passes
     with _ollama_server() as server:
-        providers.chat(server)  # the solution passes
+        providers.chat(server)
     _rewrite(package10 / "routers" / "ollama.py", "return ndjson_response(reply_lines(",
              "from ..streaming import sse_response\n        return sse_response(reply_lines(")
-    with _ollama_server() as server:
-        failure = _fails(providers.chat, server)
+    failure = _fails(providers.scripted_chat)
     assert "Server-Sent Events" in failure.what and "NDJSON" in failure.what
+    with _ollama_server() as server:
+        assert "Server-Sent Events" in _fails(providers.chat, server).what
+
+
+def test_scripted_chat_check_says_what_the_route_raised(package10: Path) -> None:
+    from coursekit.labchecks import providers
+
+    _rewrite(package10 / "routers" / "ollama.py", "messages, max_tokens, keywords = to_engine(body)",
+             "messages, max_tokens, keywords = to_engine(body), None")  # three names, two values
+    failure = _fails(providers.scripted_chat)
+    assert "answered 500" in failure.what and "your code raised ValueError" in " ".join(failure.details)
 
 
 def test_checks_refuse_a_stream_that_defaults_to_false(package10: Path) -> None:
@@ -277,8 +288,7 @@ def test_checks_refuse_a_stream_that_defaults_to_false(package10: Path) -> None:
     _rewrite(package10 / "ollama.py", "    stream: bool = True", "    stream: bool = False")
     ollama = package_module("ollama")
     assert "stream=False" in _fails(providers.translation, ollama.ChatRequest, ollama.to_engine).what
-    with _ollama_server() as server:
-        failure = _fails(providers.chat, server)
+    failure = _fails(providers.scripted_chat)
     assert "got one JSON object" in failure.what and failure.section.title == "Pitfalls that break real clients"
 
 

@@ -8,10 +8,11 @@ streamed as NDJSON by default and whole when asked, ``/api/tags``, and Ollama's 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..checks import Mismatch, Section, check, require_schema, schema_problems, short, type_name
@@ -258,25 +259,81 @@ def _stream_lines(response: Any, what: str) -> list[dict[str, Any]]:
     return out
 
 
-@check("POST /api/chat, through the ollama client", section=RENDERING,
-       nudge="an Ollama client reads a stream as NDJSON, one JSON object per line with no SSE framing, and "
-             "gets one when it says nothing; only stream false gets a single object",
-       hint="ndjson_frames yields each line as JSON text plus a newline, encoded; the route returns "
-            "ndjson_response of reply_lines when body.stream is true, and the awaited whole_reply otherwise "
-            "(never your SSE response)")
+CHAT_NUDGE = ("an Ollama client reads a stream as NDJSON, one JSON object per line with no SSE framing, and "
+              "gets one when it says nothing; only stream false gets a single object")
+CHAT_HINT = ("ndjson_frames yields each line as JSON text plus a newline, encoded; the route returns "
+             "ndjson_response of reply_lines when body.stream is true, and the awaited whole_reply otherwise "
+             "(never your SSE response)")
+
+
+@check("POST /api/chat, on a scripted engine", section=RENDERING, nudge=CHAT_NUDGE, hint=CHAT_HINT)
+def scripted_chat() -> str:
+    """Your app on a real port around a scripted engine (no model, so it takes a second), through the client."""
+    from types import SimpleNamespace
+
+    from .fakes import FakeEngine, live_app, package_module
+
+    fake = FakeEngine(pieces=5, delay=0.002)
+    app = package_module("app").create_app(package_module("settings").Settings(), engine=fake)
+    with _server_log() as raised, live_app(app) as root:
+        lines = _chat_exchange(SimpleNamespace(root=root, ready=True, api_key=None, raised=raised))
+    return (f"POST /api/chat, on a scripted engine: {len(lines)} NDJSON lines, the last one done; the ollama "
+            f"client reads them, streamed and whole")
+
+
+@check("POST /api/chat, through the ollama client", section=RENDERING, nudge=CHAT_NUDGE, hint=CHAT_HINT)
 def chat(server: Any) -> str:
+    _require_running(server)
+    lines = _chat_exchange(server)
+    last = lines[-1]
+    return (f"POST /api/chat: {len(lines)} NDJSON lines ending with done_reason {last['done_reason']!r}, and the "
+            f"same text through the ollama client, streamed and whole")
+
+
+@contextlib.contextmanager
+def _server_log() -> Iterator[list[str]]:
+    """What your app logs while a check serves it in this kernel (its tracebacks), kept for the feedback
+    instead of printed: the last line of each exception it logged."""
+    import logging
+
+    logger, raised = logging.getLogger("myserver"), []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.exc_info[1] is not None:
+                raised.append(f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}")
+
+    handler, propagate = Keep(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield raised
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def _why_500(server: Any) -> list[str]:
+    raised = getattr(server, "raised", None)
+    if raised:
+        return [f"your code raised {raised[-1]}"]
+    if callable(getattr(server, "log", None)):
+        return ["the end of your server's log (print(server.log()) shows more):"] + server.log(3).splitlines()
+    return []
+
+
+def _chat_exchange(server: Any) -> list[dict[str, Any]]:
+    """The same greedy chat, raw without 'stream', then through the client whole and streamed; the raw lines."""
     import httpx
     import ollama
 
-    _require_running(server)
     body = {"model": MODEL_ID, "messages": HI, "options": GREEDY}
     started = time.perf_counter()
     r = httpx.post(f"{server.root}/api/chat", json=body, headers=_headers(server), timeout=120)
     wall = time.perf_counter() - started
     if r.status_code != 200:
         raise Mismatch(f"POST /api/chat without 'stream' answered {r.status_code}",
-                       details=[f"body: {r.text[:200]!r}"] + (["a 500 is your code raising: print(server.log()) "
-                                                               "shows the traceback"] if r.status_code == 500 else []))
+                       details=[f"body: {r.text[:200]!r}"] + (_why_500(server) if r.status_code == 500 else []))
     kind = r.headers.get("content-type", "")
     if kind.startswith("text/event-stream"):
         raise Mismatch("your server answered Server-Sent Events (text/event-stream): Ollama's stream is NDJSON, "
@@ -309,7 +366,7 @@ def chat(server: Any) -> str:
     if total > (wall + 1.0) * 1e9:
         raise Mismatch(f"total_duration is {total:,} ns ({total / 1e9:.1f} s), but the whole request took "
                        f"{wall:.2f} s")
-    if last["prompt_eval_duration"] + last["eval_duration"] > total + 1_000_000:
+    if last.get("prompt_eval_duration", 0) + last.get("eval_duration", 0) > total + 1_000_000:
         raise Mismatch("prompt_eval_duration and eval_duration add up to more than total_duration")
     text = "".join(item["message"]["content"] for item in lines)
     client = ollama_client(server)
@@ -333,8 +390,7 @@ def chat(server: Any) -> str:
         raise Mismatch("through the ollama client with stream=True, the reply differs from the others",
                        details=[f"stream=True: {joined!r}, done={streamed[-1].done}, eval_count={streamed[-1].eval_count}",
                                 f"stream=False: {whole.message.content!r}, eval_count={whole.eval_count}"])
-    return (f"POST /api/chat: {len(lines)} NDJSON lines ending with done_reason {last['done_reason']!r}, and the "
-            f"same text through the ollama client, streamed and whole")
+    return lines
 
 
 @check("GET /api/tags, through the ollama client", section=WEBUI,

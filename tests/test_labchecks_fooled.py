@@ -378,3 +378,10 @@ def test_envelope_check_refuses_an_envelope_on_the_wrong_paths(package10: Path, 
     _rewrite(package10 / "errors.py", "if request.url.path.startswith(prefix):", f"if {condition}:")
     with _ollama_server("sk-lab10") as server:
         assert words in _fails(providers.envelope, server).what
+
+
+def test_scripted_chat_check_refuses_sse_habits_in_ndjson(package10: Path) -> None:
+    from coursekit.labchecks import providers
+
+    _rewrite(package10 / "ollama.py", 'json.dumps(line) + "\\n"', 'json.dumps(line) + "\\n\\n"')  # SSE's blank line
+    assert "is blank" in _fails(providers.scripted_chat).what

@@ -239,10 +239,10 @@ def _stream_lines(response: Any, what: str) -> list[dict[str, Any]]:
     text = response.text
     if not text.strip():
         raise Mismatch(f"{what}: the body is empty")
-    out = []
-    for i, raw in enumerate(text.split("\n")):
-        if raw == "" and i == len(text.split("\n")) - 1:
-            continue  # the newline after the last line
+    raws, out = text.split("\n"), []
+    if raws[-1] == "":
+        raws.pop()  # the newline after the last line
+    for i, raw in enumerate(raws):
         if raw.startswith("data:") or raw.startswith("event:"):
             raise Mismatch(f"{what}: line {i} is an SSE field ({raw[:40]!r}...): NDJSON lines are bare JSON",
                            section=DIFFER)

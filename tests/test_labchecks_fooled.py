@@ -6,6 +6,7 @@ same check is proven by tests/test_labs.py, which runs every solved notebook.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 from collections.abc import Iterator
@@ -334,3 +335,189 @@ def test_store_check_refuses_a_store_without_answers_nulls_or_no_bound(lab9: Any
     with pytest.raises(LabCheckFailed) as info:
         check.store(remember if wrong != "none" else store.remember, stored)
     assert says in info.value.what
+
+
+
+
+# ---- lab 10: Ollama's API on the learner's server ----------------------------------------------------
+
+@pytest.fixture()
+def package10(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """myserver/ as the solutions of labs 01 to 10 write it, importable (forgotten afterwards)."""
+    import sys
+
+    from coursekit import export
+
+    root = Path(__file__).resolve().parents[1]
+    export.export_notebooks(sorted(p for p in (root / "solutions").glob("*.ipynb") if p.stem[:2] <= "10"), tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _forget_myserver()
+    yield tmp_path / "myserver"
+    _forget_myserver()
+
+
+def _forget_myserver() -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        del sys.modules[name]
+
+
+def _rewrite(path: Path, old: str, new: str) -> None:
+    """A wrong answer: one piece of the solution's module replaced, the package re-imported."""
+    source = path.read_text()
+    assert old in source, f"{old!r} is not in {path.name}: the solution changed, update this test"
+    path.write_text(source.replace(old, new))
+    _forget_myserver()
+
+
+@contextlib.contextmanager
+def _ollama_server(api_key: str | None = None) -> Iterator[Any]:
+    """The package's app on a real port around a scripted engine (what lab.serve gives, without a model)."""
+    from types import SimpleNamespace
+
+    from coursekit.labchecks.fakes import FakeEngine, live_app, package_module
+
+    settings = package_module("settings").Settings(api_keys=[api_key] if api_key else [])
+    app = package_module("app").create_app(settings, engine=FakeEngine(pieces=5, delay=0.002))
+    with live_app(app) as root:
+        yield SimpleNamespace(root=root, ready=True, api_key=api_key)
+
+
+def _fails(check: Any, *args: Any) -> LabCheckFailed:
+    with pytest.raises(LabCheckFailed) as info:
+        check(*args)
+    return info.value
+
+
+def test_provider_checks_are_graded_and_their_shapes_hold_no_calls() -> None:
+    test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls("providers")
+
+
+def test_chat_checks_refuse_sse_instead_of_ndjson(package10: Path) -> None:
+    from coursekit.labchecks import providers
+
+    providers.scripted_chat()  # the solution passes
+    with _ollama_server() as server:
+        providers.chat(server)
+    _rewrite(package10 / "routers" / "ollama.py", "return ndjson_response(reply_lines(",
+             "from ..streaming import sse_response\n        return sse_response(reply_lines(")
+    failure = _fails(providers.scripted_chat)
+    assert "Server-Sent Events" in failure.what and "NDJSON" in failure.what
+    with _ollama_server() as server:
+        assert "Server-Sent Events" in _fails(providers.chat, server).what
+
+
+def test_scripted_chat_check_says_what_the_route_raised(package10: Path) -> None:
+    from coursekit.labchecks import providers
+
+    _rewrite(package10 / "routers" / "ollama.py", "messages, max_tokens, keywords = to_engine(body)",
+             "messages, max_tokens, keywords = to_engine(body), None")  # three names, two values
+    failure = _fails(providers.scripted_chat)
+    assert "answered 500" in failure.what and "your code raised ValueError" in " ".join(failure.details)
+
+
+def test_checks_refuse_a_stream_that_defaults_to_false(package10: Path) -> None:
+    from coursekit.labchecks import providers
+    from coursekit.labchecks.fakes import package_module
+
+    _rewrite(package10 / "ollama.py", "    stream: bool = True", "    stream: bool = False")
+    ollama = package_module("ollama")
+    assert "stream=False" in _fails(providers.translation, ollama.ChatRequest, ollama.to_engine).what
+    failure = _fails(providers.scripted_chat)
+    assert "got one JSON object" in failure.what and failure.section.title == "Pitfalls that break real clients"
+
+
+@pytest.mark.parametrize("wrong, words", [
+    ("options.temperature or None", "temperature 0 became 1.0"),  # 0 is falsy: the greedy request is lost
+    ("options.temperature or 1.0", "temperature 0 became 1.0"),
+    ("num_predict", "num_predict -1 gave max_tokens=-1"),  # Ollama's "no limit" passed on as a limit
+])
+def test_translation_refuses_options_lost_on_the_way(package10: Path, wrong: str, words: str) -> None:
+    from coursekit.labchecks import providers
+    from coursekit.labchecks.fakes import package_module
+
+    module = package10 / "ollama.py"
+    if "temperature" in wrong:
+        _rewrite(module, '{"temperature": options.temperature,', f'{{"temperature": {wrong},')
+    else:
+        _rewrite(module, " if options.num_predict is not None and options.num_predict > 0 else None", "")
+    ollama = package_module("ollama")
+    failure = _fails(providers.translation, ollama.ChatRequest, ollama.to_engine)
+    assert words in failure.what + " ".join(failure.details)
+
+
+def test_translation_refuses_keywords_that_override_the_engines_defaults(package10: Path) -> None:
+    from coursekit.labchecks import providers
+    from coursekit.labchecks.fakes import package_module
+
+    _rewrite(package10 / "ollama.py", "{name: value for name, value in keywords.items() if value is not None}",
+             "keywords")  # None for every option the client left out: temperature=None reaches the engine
+    ollama = package_module("ollama")
+    failure = _fails(providers.translation, ollama.ChatRequest, ollama.to_engine)
+    assert "defaults alone" in failure.what and "temperature=None" in failure.details[0]
+
+
+@pytest.mark.parametrize("scale, unit", [(1e3, "milliseconds"), (1e6, "microseconds"), (1, "seconds")])
+def test_done_line_refuses_durations_in_other_units(package10: Path, scale: float, unit: str) -> None:
+    from coursekit.labchecks import providers
+    from coursekit.labchecks.fakes import package_module
+
+    ollama, done = package_module("ollama"), package_module("engine").Done
+
+    def in_other_units(model: str, text: str, done: Any, clock: Any) -> dict:
+        def to(seconds: float) -> int | float:
+            return int(seconds * scale) if scale > 1 else seconds
+        return ollama.line(model, text, done=True, done_reason=done.finish_reason,
+                           total_duration=to(clock.end - clock.start), load_duration=0,
+                           prompt_eval_count=done.prompt_tokens, prompt_eval_duration=to(clock.first - clock.start),
+                           eval_count=done.completion_tokens, eval_duration=to(clock.end - clock.first))
+    providers.last_line(ollama.done_line, ollama.Clock, done)  # the solution passes
+    failure = _fails(providers.last_line, in_other_units, ollama.Clock, done)
+    shown = " ".join(failure.details)
+    assert (f"that is {unit}" in shown) if scale > 1 else ("a float" in shown)
+
+
+def test_done_line_refuses_a_missing_done_reason(package10: Path) -> None:
+    from coursekit.labchecks import providers
+    from coursekit.labchecks.fakes import package_module
+
+    ollama, done = package_module("ollama"), package_module("engine").Done
+
+    def without_reason(model: str, text: str, done: Any, clock: Any) -> dict:
+        line = ollama.done_line(model, text, done, clock)
+        del line["done_reason"]
+        return line
+    assert "no done_reason" in _fails(providers.last_line, without_reason, ollama.Clock, done).what
+
+
+def test_tags_check_refuses_openais_model_list(package10: Path) -> None:
+    from coursekit.labchecks import providers
+
+    with _ollama_server() as server:
+        providers.tags(server)  # the solution passes
+    _rewrite(package10 / "routers" / "ollama.py", 'return {"models": [{"name": engine.model_id, "model": engine.model_id,',
+             'return {"object": "list", "data": [{"id": engine.model_id, "object": "model",')
+    with _ollama_server() as server:
+        assert "OpenAI's list" in _fails(providers.tags, server).what
+
+
+@pytest.mark.parametrize("condition, words", [
+    ("False", "OpenAI's envelope for an unknown model"),  # nothing reshaped: the ollama client shows a dict
+    ("True", "GET /v1/models without the API key"),       # Ollama's envelope everywhere: /v1's clients break
+])
+def test_envelope_check_refuses_an_envelope_on_the_wrong_paths(package10: Path, condition: str, words: str) -> None:
+    from coursekit.labchecks import providers
+
+    with _ollama_server("sk-lab10") as server:
+        providers.envelope(server)  # the solution passes
+    _rewrite(package10 / "errors.py", "if request.url.path.startswith(prefix):", f"if {condition}:")
+    with _ollama_server("sk-lab10") as server:
+        assert words in _fails(providers.envelope, server).what
+
+
+def test_scripted_chat_check_refuses_sse_habits_in_ndjson(package10: Path) -> None:
+    from coursekit.labchecks import providers
+
+    _rewrite(package10 / "ollama.py", 'json.dumps(line) + "\\n"', 'json.dumps(line) + "\\n\\n"')  # SSE's blank line
+    assert "is blank" in _fails(providers.scripted_chat).what

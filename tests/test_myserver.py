@@ -216,3 +216,34 @@ def test_responses_lab_9(client: openai.OpenAI, learner_server: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model=MODEL_ID, input="Hi", tools=[{"type": "web_search"}])
     assert info.value.param == "tools"  # refused by name, never ignored
+
+
+def test_ollama_routes_through_the_official_client(client: openai.OpenAI, learner_server: str) -> None:
+    """Lab 10: Ollama's /api/chat, /api/tags and error envelope, on the same engine as /v1."""
+    import ollama
+
+    root = learner_server[: -len("/v1")]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    speaker = ollama.Client(host=root, headers=auth, timeout=120)
+    assert [m.model for m in speaker.list().models] == [MODEL_ID]
+    greedy = {"temperature": 0, "num_predict": 8}
+    whole = speaker.chat(model=MODEL_ID, messages=HELLO, options=greedy)
+    plain = client.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=8, temperature=0)
+    assert whole.message.content == plain.choices[0].message.content
+    assert (whole.prompt_eval_count, whole.eval_count, whole.done_reason) == (
+        plain.usage.prompt_tokens, plain.usage.completion_tokens, plain.choices[0].finish_reason)
+    assert whole.eval_duration > 1_000_000  # nanoseconds: eight tokens take more than a millisecond
+    r = httpx.post(f"{root}/api/chat", json={"model": MODEL_ID, "messages": HELLO, "options": greedy},
+                   headers=auth, timeout=120)  # no "stream": Ollama streams
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    for line in lines:
+        valid(line, "ollama_chat_response")
+    assert [line["done"] for line in lines][-1] is True
+    assert "".join(line["message"]["content"] for line in lines) == whole.message.content
+    with pytest.raises(ollama.ResponseError) as info:
+        speaker.chat(model="llama3.2", messages=HELLO)
+    assert (info.value.status_code, info.value.error) == (404, "model 'llama3.2' not found")
+    r = httpx.get(f"{root}/api/tags")
+    assert r.status_code == 401
+    valid(r.json(), "ollama_error")

@@ -218,11 +218,13 @@ _SERVERS: list[Server] = []
 _URL_RE = re.compile(r"(http://\S+?/v1)\b")
 
 
-def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None) -> Server:
+def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None,
+          env: dict[str, str | None] | None = None) -> Server:
     """Starts your package as a server process and waits until its ``/health`` says ready.
 
     It never raises: if your server does not start, it prints why (the end of its log) and
     returns a handle whose ``ready`` is False, so the check that follows tells you what to fix.
+    ``env`` sets (a value) or removes (``None``) environment variables for that process only.
     """
     import httpx
 
@@ -235,10 +237,15 @@ def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None) -
     for key in api_keys or []:
         command += ["--api-key", key]
     command += args or []
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
-               COURSE_PARENT_PID=str(os.getpid()))
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
+                       COURSE_PARENT_PID=str(os.getpid()))
+    for name, value in (env or {}).items():
+        if value is None:
+            environment.pop(name, None)
+        else:
+            environment[name] = value
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(root))
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=str(root))
     server = Server(process, log, None, (api_keys or [None])[0])
     _SERVERS.append(server)
     deadline = time.monotonic() + READY_TIMEOUT
@@ -275,6 +282,94 @@ def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None) -
 def stop_servers() -> None:
     while _SERVERS:
         _SERVERS.pop()._finalizer()
+
+
+# ---- upstream servers, for lab 11 ----------------------------------------------------------------
+
+class Upstream:
+    """A reference server started as an upstream of your gateway: it has ``/metrics``, and it can
+    be killed (``kill()``: SIGKILL, a crash, not a shutdown)."""
+
+    def __init__(self, number: int, process: subprocess.Popen, log: Path) -> None:
+        self.number, self.process, self.log_path = number, process, log
+        self.url: str | None = None  # its base URL, ending in /v1, once it is ready
+        self._finalizer = weakref.finalize(self, _kill_group, process)
+
+    @property
+    def root(self) -> str | None:
+        return self.url[: -len("/v1")] if self.url else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, timeout: float = READY_TIMEOUT) -> "Upstream":
+        """Waits for its ``Ready: ... at URL`` line; raises with the end of its log if it never comes."""
+        deadline = time.monotonic() + timeout
+        while self.url is None:
+            found = re.search(r"^Ready: .* at (http://\S+/v1)", self.log(400), re.M)
+            if found:
+                self.url = found.group(1)
+            elif not self.alive or time.monotonic() > deadline:
+                raise RuntimeError(f"upstream {self.number} did not start. The end of its log:\n{self.log(15)}")
+            else:
+                time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        return f"<upstream {self.number} {'at ' + self.url if self.url else 'starting'}{'' if self.alive else ', dead'}>"
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, 9)  # SIGKILL, to the server and anything it started
+    with contextlib.suppress(Exception):
+        process.wait(timeout=15)
+
+
+_UPSTREAMS: list[Upstream] = []
+
+
+def upstreams(n: int = 2, *, wait: bool = True) -> list[Upstream]:
+    """Starts ``n`` reference servers on free ports, together, for your gateway to forward to.
+
+    Local mode: each runs the model on one thread (a replica). Remote mode (no llama.cpp here):
+    each is a reference server in gateway mode (``--upstream``) in front of the shared server, so
+    each can still be counted and killed on its own. They stop with the notebook's kernel.
+    """
+    stop_upstreams()
+    shared = remote_url()
+    started = []
+    for number in range(1, n + 1):
+        log = Path(tempfile.mkstemp(prefix=f"upstream{number}-", suffix=".log")[1])
+        command = [sys.executable, "-m", "coursekit.child", "reference_server", "--port", "0"]
+        if shared:
+            command += ["--upstream", shared + (f"#{remote_key()}" if remote_key() else "")]
+        else:
+            command += ["--threads", "1", "--n-ctx", "512", "--no-embeddings"]
+        # One process, not the server's crash supervisor and its child: the kernel is the parent.
+        env = dict(os.environ, COURSE_PARENT_PID=str(os.getpid()), REFERENCE_SERVER_SUPERVISED=str(os.getpid()))
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        started.append(Upstream(number, process, log))
+    _UPSTREAMS.extend(started)
+    if wait:
+        for upstream in started:
+            upstream.wait()
+    return started
+
+
+def stop_upstreams() -> None:
+    while _UPSTREAMS:
+        _UPSTREAMS.pop().kill()
 
 
 # ---- the reference server, for lab 1 ----------------------------------------------------------------

@@ -371,34 +371,33 @@ def test_the_mid_stream_check_refuses_a_stream_continued_on_another_upstream(pac
     assert sum(u.alive for u in scripted_upstreams) == 1  # it did kill the one serving the stream
 
 
-def test_the_live_checks_pass_on_the_solution_and_refuse_a_gateway_that_never_retries(
+def test_the_live_checks_pass_on_the_solution_and_refuse_a_gateway_blind_to_load_or_that_never_retries(
         package11: Path, scripted_upstreams: list[Any]) -> None:
-    """The solution, against scripted upstreams: spread, a death mid-stream, failover. Then a gateway
-    that neither cools a dead upstream down nor retries: with upstream 1 dead, requests fail."""
+    """Against scripted upstreams: a gateway that always picks the first upstream fails the spread
+    check; the solution passes spread, a death mid-stream and failover; then a gateway that neither
+    cools a dead upstream down nor retries fails failover (upstream 1 dead, first in its list)."""
     from coursekit.labchecks import scaling_out as check
+
+    gateway_py = package11 / "gateway.py"
+    least_busy = "return min(candidates, key=lambda u: u.outstanding, default=None)"
+    _rewrite(gateway_py, least_busy, "return candidates[0] if candidates else None")
+    with _served_gateway(scripted_upstreams) as gateway, pytest.raises(LabCheckFailed) as info:
+        check.spread(gateway, scripted_upstreams, "sk-a")
+    assert "expected one each" in info.value.what
+    _rewrite(gateway_py, "return candidates[0] if candidates else None", least_busy)
 
     with _served_gateway(scripted_upstreams) as gateway:
         check.spread(gateway, scripted_upstreams, "sk-a")
         check.mid_stream(gateway, scripted_upstreams, "sk-a")
         check.failover(gateway, scripted_upstreams, "sk-a")
     assert check.OBSERVED["failover"]["answered"] == 3
-    gateway_py = package11 / "gateway.py"
+
     _rewrite(gateway_py, "self.down_until = now + COOLDOWN", "pass")
     _rewrite(gateway_py, "upstream.failed(self.clock())  # and round the loop, to the next upstream", "raise")
     dead_first = sorted(scripted_upstreams, key=lambda u: u.alive)  # first in the list: ties go to it
     with _served_gateway(dead_first) as gateway, pytest.raises(LabCheckFailed) as info:
         check.failover(gateway, dead_first, "sk-a")
     assert "with one upstream dead" in info.value.what
-
-
-def test_the_spread_check_refuses_a_gateway_blind_to_load(package11: Path, scripted_upstreams: list[Any]) -> None:
-    from coursekit.labchecks import scaling_out as check
-
-    _rewrite(package11 / "gateway.py", "return min(candidates, key=lambda u: u.outstanding, default=None)",
-             "return candidates[0] if candidates else None")
-    with _served_gateway(scripted_upstreams) as gateway, pytest.raises(LabCheckFailed) as info:
-        check.spread(gateway, scripted_upstreams, "sk-a")
-    assert "expected one each" in info.value.what
 
 
 def test_the_live_rate_limit_check_refuses_one_limit_for_every_key(package11: Path) -> None:

@@ -404,6 +404,17 @@ def in_flight(upstream: Any) -> int:
     return int(metrics(upstream).get("reference_server_requests_in_flight", 0))
 
 
+def _settled(upstreams: list[Any], timeout: float = 5.0) -> list[int]:
+    """Each upstream's in-flight count once none is answering anything but this look (a stream just
+    closed by the client takes a moment to end upstream); the counts as they are after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = [in_flight(u) for u in upstreams]
+        if all(c <= 1 for c in counts) or time.monotonic() > deadline:
+            return counts
+        time.sleep(0.05)
+
+
 def _first_content(stream: Any, timeout: float) -> str:
     """Iterates a streamed reply in a thread until its first content; raises Mismatch after ``timeout``."""
     got: dict[str, Any] = {}
@@ -458,7 +469,7 @@ def _open(client: Any, what: str) -> Any:
 def spread(server: Any, upstreams: list[Any], api_key: str) -> str:
     _ready(server, upstreams)
     client = server.client(api_key=api_key, timeout=30)
-    before = [in_flight(u) for u in upstreams]
+    before = _settled(upstreams)
     streams = []
     try:
         for label in ("the first stream", "the second stream"):
@@ -498,7 +509,7 @@ def mid_stream(server: Any, upstreams: list[Any], api_key: str) -> str:
         raise Mismatch("this check needs both upstreams alive: run the cell that starts them (and restart "
                        "the gateway)")
     client = server.client(api_key=api_key, timeout=30)
-    before = [in_flight(u) for u in alive]
+    before = _settled(alive)
     stream = _open(client, "the stream")
     try:
         text = _first_content(stream, 15)

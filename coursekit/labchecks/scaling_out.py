@@ -468,7 +468,7 @@ def _open(client: Any, what: str) -> Any:
             "your package: run their cells, then restart the gateway (lab.serve)")
 def spread(server: Any, upstreams: list[Any], api_key: str) -> str:
     _ready(server, upstreams)
-    client = server.client(api_key=api_key, timeout=30)
+    client = server.client(api_key=api_key).with_options(timeout=30)
     before = _settled(upstreams)
     streams = []
     try:
@@ -508,7 +508,7 @@ def mid_stream(server: Any, upstreams: list[Any], api_key: str) -> str:
     if len(alive) < 2:
         raise Mismatch("this check needs both upstreams alive: run the cell that starts them (and restart "
                        "the gateway)")
-    client = server.client(api_key=api_key, timeout=30)
+    client = server.client(api_key=api_key).with_options(timeout=30)
     before = _settled(alive)
     stream = _open(client, "the stream")
     try:
@@ -555,7 +555,7 @@ def failover(server: Any, upstreams: list[Any], api_key: str, requests: int = 3)
         upstreams[0].kill()  # the mid-stream check did not get as far as killing one
     if not any(u.alive for u in upstreams):
         raise Mismatch("both upstreams are dead: run the cell that starts them again, and the gateway")
-    client = server.client(api_key=api_key, timeout=30)
+    client = server.client(api_key=api_key).with_options(timeout=30)
     answered, started = 0, time.perf_counter()
     for i in range(requests):
         try:
@@ -582,7 +582,7 @@ def rate_limit_live(server: Any, api_key: str, other_key: str, limit: int) -> st
 
     if not server.ready:
         raise Mismatch("your gateway did not become ready (see the output of lab.serve() above)")
-    client = server.client(api_key=api_key, timeout=30)
+    client = server.client(api_key=api_key).with_options(timeout=30)
     refused = None
     for i in range(limit + 1):
         try:

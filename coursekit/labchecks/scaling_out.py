@@ -207,16 +207,28 @@ def simulate(choose: Callable[[list[Any], int], Any], lengths: list[int]) -> dic
 
 # ---- Step 3: retries ------------------------------------------------------------------------------
 
+_ENGINES: dict[int, tuple[Any, list[float]]] = {}
+
+
 def _gateway(GatewayEngine: type, Settings: type, scripts: list[list[Any]], done: Any) -> tuple[Any, list[Any], list[float]]:
-    now = [100.0]
-    settings = Settings(upstream_url="http://127.0.0.1:9/v1,http://127.0.0.1:9/v1", upstream_api_key=None)
-    engine = GatewayEngine(settings, clock=lambda: now[0])
-    if len(getattr(engine, "upstreams", [])) != 2:
-        raise Mismatch("GatewayEngine(settings) with two URLs in upstream_url should have two upstreams "
-                       "(the given __init__ splits the list at commas)")
+    """The learner's GatewayEngine over two scripted upstreams, fresh ones each time, and its clock.
+
+    The engine itself is made once per class (each RemoteEngine it makes opens an httpx client,
+    which costs a tenth of a second); each call gives it new Upstreams of the learner's class.
+    """
+    if id(GatewayEngine) not in _ENGINES:
+        now = [100.0]
+        settings = Settings(upstream_url="http://127.0.0.1:9/v1,http://127.0.0.1:9/v1", upstream_api_key=None)
+        engine = GatewayEngine(settings, clock=lambda: now[0])
+        if len(getattr(engine, "upstreams", [])) != 2:
+            raise Mismatch("GatewayEngine(settings) with two URLs in upstream_url should have two upstreams "
+                           "(the given __init__ splits the list at commas)")
+        _ENGINES.clear()
+        _ENGINES[id(GatewayEngine)] = engine, now
+    engine, now = _ENGINES[id(GatewayEngine)]
+    now[0] = 100.0
     fakes = [ScriptedUpstream(f"upstream {i + 1}", script, done) for i, script in enumerate(scripts)]
-    for upstream, fake in zip(engine.upstreams, fakes):
-        upstream.engine = fake
+    engine.upstreams = [type(upstream)(i + 1, fake) for i, (upstream, fake) in enumerate(zip(engine.upstreams, fakes))]
     engine.state = "ready"
     return engine, fakes, now
 
@@ -539,8 +551,8 @@ def mid_stream(server: Any, upstreams: list[Any], api_key: str) -> str:
                        f"{short(error.message, 100)}", details=["raise what cut_off makes: the client then "
                                                                 "learns that the upstream failed, not your server"])
     OBSERVED["mid_stream"] = {"killed": victim.number, "text_before_error": text, "error_code": error.code}
-    return (f"An upstream dies mid-stream: upstream {victim.number} killed after {text!r}..., "
-            f"the stream ended with an error event ({error.code})")
+    return (f"An upstream dies mid-stream: upstream {victim.number} killed mid-reply; the client had read "
+            f"{short(text, 40)}, then came the error event ({error.code})")
 
 
 @check("Failover", section=RETRIES,

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -361,10 +362,22 @@ def upstreams(n: int = 2, *, wait: bool = True) -> list[Upstream]:
                                        start_new_session=True)
         started.append(Upstream(number, process, log))
     _UPSTREAMS.extend(started)
+    # Meanwhile this kernel only waits, and the lab's last cell needs what takes it seconds:
+    # the machine's description for the checkpoint (it asks llama.cpp), and the openai client.
+    threading.Thread(target=_prepare_checkpoint, daemon=True, name="prepare-checkpoint").start()
     if wait:
         for upstream in started:
             upstream.wait()
     return started
+
+
+def _prepare_checkpoint() -> None:
+    with contextlib.suppress(Exception):
+        import openai  # noqa: F401
+
+        from .checkpoint import machine_info
+
+        machine_info()  # cached: the checkpoint cell finds it ready
 
 
 def stop_upstreams() -> None:

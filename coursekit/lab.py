@@ -220,12 +220,14 @@ _URL_RE = re.compile(r"(http://\S+?/v1)\b")
 
 
 def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None,
-          env: dict[str, str | None] | None = None) -> Server:
+          env: dict[str, str] | None = None) -> Server:
     """Starts your package as a server process and waits until its ``/health`` says ready.
+
+    ``env`` adds environment variables for that process only (``{"MYSERVER_PARALLEL": "4"}``),
+    as ``MYSERVER_PARALLEL=4 python -m myserver`` would in a terminal.
 
     It never raises: if your server does not start, it prints why (the end of its log) and
     returns a handle whose ``ready`` is False, so the check that follows tells you what to fix.
-    ``env`` sets (a value) or removes (``None``) environment variables for that process only.
     """
     import httpx
 
@@ -238,15 +240,10 @@ def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None,
     for key in api_keys or []:
         command += ["--api-key", key]
     command += args or []
-    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
-                       COURSE_PARENT_PID=str(os.getpid()))
-    for name, value in (env or {}).items():
-        if value is None:
-            environment.pop(name, None)
-        else:
-            environment[name] = value
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH")) if p),
+               COURSE_PARENT_PID=str(os.getpid()), **(env or {}))
     with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=environment, cwd=str(root))
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(root))
     server = Server(process, log, None, (api_keys or [None])[0])
     _SERVERS.append(server)
     deadline = time.monotonic() + READY_TIMEOUT

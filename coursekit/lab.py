@@ -288,9 +288,10 @@ class Upstream:
     """A reference server started as an upstream of your gateway: it has ``/metrics``, and it can
     be killed (``kill()``: SIGKILL, a crash, not a shutdown)."""
 
-    def __init__(self, number: int, process: subprocess.Popen, log: Path) -> None:
+    def __init__(self, number: int, process: subprocess.Popen, log: Path, url: str | None = None) -> None:
         self.number, self.process, self.log_path = number, process, log
-        self.url: str | None = None  # its base URL, ending in /v1, once it is ready
+        self.url = url  # its base URL, ending in /v1 (known before it is ready when its port was chosen)
+        self.ready = False
         self._finalizer = weakref.finalize(self, _kill_group, process)
 
     @property
@@ -308,10 +309,10 @@ class Upstream:
     def wait(self, timeout: float = READY_TIMEOUT) -> "Upstream":
         """Waits for its ``Ready: ... at URL`` line; raises with the end of its log if it never comes."""
         deadline = time.monotonic() + timeout
-        while self.url is None:
+        while not self.ready:
             found = re.search(r"^Ready: .* at (http://\S+/v1)", self.log(400), re.M)
             if found:
-                self.url = found.group(1)
+                self.url, self.ready = found.group(1), True
             elif not self.alive or time.monotonic() > deadline:
                 raise RuntimeError(f"upstream {self.number} did not start. The end of its log:\n{self.log(15)}")
             else:
@@ -322,7 +323,8 @@ class Upstream:
         self._finalizer()
 
     def __repr__(self) -> str:
-        return f"<upstream {self.number} {'at ' + self.url if self.url else 'starting'}{'' if self.alive else ', dead'}>"
+        state = "dead" if not self.alive else "ready" if self.ready else "starting"
+        return f"<upstream {self.number}: {self.url or 'port not known yet'}, {state}>"
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -341,13 +343,17 @@ def upstreams(n: int = 2, *, wait: bool = True) -> list[Upstream]:
     Local mode: each runs the model on one thread (a replica). Remote mode (no llama.cpp here):
     each is a reference server in gateway mode (``--upstream``) in front of the shared server, so
     each can still be counted and killed on its own. They stop with the notebook's kernel.
+
+    Their ports are chosen here, so their URLs are known at once: a gateway can start while they
+    load, as in a deployment where everything starts together.
     """
     stop_upstreams()
     shared = remote_url()
     started = []
     for number in range(1, n + 1):
         log = Path(tempfile.mkstemp(prefix=f"upstream{number}-", suffix=".log")[1])
-        command = [sys.executable, "-m", "coursekit.child", "reference_server", "--port", "0"]
+        port = _free_port()
+        command = [sys.executable, "-m", "coursekit.child", "reference_server", "--port", str(port)]
         if shared:
             command += ["--upstream", shared + (f"#{remote_key()}" if remote_key() else "")]
         else:
@@ -357,7 +363,7 @@ def upstreams(n: int = 2, *, wait: bool = True) -> list[Upstream]:
         with log.open("w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                        start_new_session=True)
-        started.append(Upstream(number, process, log))
+        started.append(Upstream(number, process, log, f"http://127.0.0.1:{port}/v1"))
     _UPSTREAMS.extend(started)
     # Meanwhile this kernel only waits, and the lab's last cell needs what takes it seconds:
     # the machine's description for the checkpoint (it asks llama.cpp), and the openai client.
@@ -366,6 +372,15 @@ def upstreams(n: int = 2, *, wait: bool = True) -> list[Upstream]:
         for upstream in started:
             upstream.wait()
     return started
+
+
+def _free_port() -> int:
+    """A port nobody listens on now (the server binds it within a second, before loading its model)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _prepare_checkpoint() -> None:

@@ -460,7 +460,7 @@ def _ready(server: Any, upstreams: list[Any]) -> None:
     if not server.ready:
         raise Mismatch("your gateway did not become ready (see the output of lab.serve() above)")
     for u in upstreams:
-        if u.url is None:
+        if not getattr(u, "ready", True):
             u.wait()
 
 

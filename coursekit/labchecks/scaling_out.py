@@ -476,8 +476,8 @@ def _open(client: Any, what: str) -> Any:
 @check("Least busy, for real", section=YOURS,
        nudge="two requests in flight at once should be answered by two upstreams: one per upstream while "
              "the other is busy; this takes both the routing and a worker that runs more than one request",
-       hint="pick, then the given worker upgrade (the engine's `threads`) and the app upgrade must all be in "
-            "your package: run their cells, then restart the gateway (lab.serve)")
+       hint="pick, and step 5's worker and app (which give the worker the engine's `threads`), must all be in "
+            "your package: run their cells, then start the gateway again (the serve cell)")
 def spread(server: Any, upstreams: list[Any], api_key: str) -> str:
     _ready(server, upstreams)
     client = server.client(api_key=api_key).with_options(timeout=30)
@@ -492,8 +492,8 @@ def spread(server: Any, upstreams: list[Any], api_key: str) -> str:
             except Mismatch as m:
                 if label == "the second stream" and "no content" in m.what:
                     raise Mismatch("the second stream did not start while the first was running: your gateway "
-                                   "answers one request at a time (lab 3's worker has one thread; the "
-                                   "upgraded worker runs the engine's `threads`)") from None
+                                   "answers one request at a time (lab 3's worker has one thread; step 5's "
+                                   "worker and app give it as many as the engine's `threads`)") from None
                 raise Mismatch(f"{label}: {m.what}") from None
         during = [in_flight(u) - b for u, b in zip(upstreams, before)]
     finally:

@@ -192,7 +192,7 @@ def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: py
 
 
 @pytest.mark.parametrize("module", ["api_design", "fastapi_basics", "streaming", "errors", "embeddings", "tools",
-                                    "scaling_out"])
+                                    "responses", "scaling_out"])
 def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
     import importlib
 
@@ -202,6 +202,139 @@ def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module:
     for fn in found:
         assert fn.nudge, fn.check_name
         assert not re.search(r"\w\(", fn.concrete_hint + fn.nudge), f"code to copy in {fn.check_name}"
+
+
+# ---- lab 9: the Responses API -------------------------------------------------------------------------
+
+@pytest.fixture()
+def lab9(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The solution's myserver.responses and myserver.store (labs 1 to 7, then 9, exported)."""
+    import sys
+
+    from coursekit import export
+    from coursekit.labchecks.fakes import package_module
+
+    root = Path(__file__).resolve().parents[1]
+    export.export_notebooks(sorted((root / "solutions").glob("0[1-7]*.ipynb")) + [
+        root / "solutions" / "09_responses.ipynb"], tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        monkeypatch.delitem(sys.modules, name)
+    yield package_module("responses"), package_module("store")
+    for name in [m for m in sys.modules if m == "myserver" or m.startswith("myserver.")]:
+        del sys.modules[name]
+
+
+def test_items_check_refuses_a_translation_that_drops_the_earlier_turns(lab9: Any) -> None:
+    from coursekit.labchecks import responses as check
+
+    translate, _ = lab9
+    check.items(translate.chat_messages)
+
+    def without_history(body: Any, history: Any = ()) -> list[dict[str, str]]:
+        instructions = [{"role": "system", "content": body.instructions}] if body.instructions else []
+        return instructions + translate.input_messages(body)  # previous_response_id, silently ignored
+    with pytest.raises(LabCheckFailed) as info:
+        check.items(without_history)
+    assert "previous_response_id would be ignored" in info.value.what
+
+
+@pytest.mark.parametrize("wrong, says", [
+    ("usage", "chat's names"),       # usage named as in chat completions
+    ("text-part", "'output_text'"),  # the content part typed "text": no output_text for the SDK
+    ("complete", "status 'completed', expected 'incomplete'"),  # a cut answer reported as complete
+])
+def test_response_check_refuses_chat_shapes_and_a_cut_answer_called_complete(lab9: Any, wrong: str,
+                                                                             says: str) -> None:
+    from coursekit.labchecks import responses as check
+
+    translate, _ = lab9
+    check.response_object(translate.response_object, translate.finish)
+
+    def finish(response: dict, item_id: str, text: str, done: Any) -> dict:
+        translate.finish(response, item_id, text, done)
+        if wrong == "usage":
+            usage = response["usage"]
+            response["usage"] = {"prompt_tokens": usage["input_tokens"], "completion_tokens": usage["output_tokens"],
+                                 "total_tokens": usage["total_tokens"]}
+        elif wrong == "text-part":
+            response["output"][0]["content"][0]["type"] = "text"
+        else:
+            response.update(status="completed", incomplete_details=None)
+            response["output"][0]["status"] = "completed"
+        return response
+    with pytest.raises(LabCheckFailed) as info:
+        check.response_object(translate.response_object, finish)
+    assert says in info.value.what
+
+
+@pytest.mark.parametrize("wrong, says", [
+    ("no-numbers", "sequence numbers"),      # deltas (and everything else) without sequence_number
+    ("numbered-deltas-only", "sequence numbers"),
+    ("no-snapshot", "response.created shows the response as it was then"),
+])
+def test_events_check_refuses_unnumbered_events_and_events_that_change_later(lab9: Any, wrong: str,
+                                                                            says: str) -> None:
+    from coursekit.labchecks import responses as check
+
+    translate, _ = lab9
+    check.events(translate.response_events, translate.named_frames, translate.response_object)
+
+    async def response_events(response: dict, events: Any) -> Any:
+        count = 0
+        async for event in translate.response_events(response, events):
+            if wrong == "no-numbers":
+                event.pop("sequence_number")
+            elif wrong == "numbered-deltas-only":
+                if event["type"] == "response.output_text.delta":
+                    event["sequence_number"], count = count, count + 1
+                else:
+                    event.pop("sequence_number")
+            elif "response" in event:
+                event["response"] = response  # the live dict, not a snapshot: it changes after it was sent
+            yield event
+    with pytest.raises(LabCheckFailed) as info:
+        check.events(response_events, translate.named_frames, translate.response_object)
+    assert says in info.value.what
+
+
+def test_events_check_refuses_frames_without_event_names(lab9: Any) -> None:
+    import json as json_module
+
+    from coursekit.labchecks import responses as check
+
+    translate, _ = lab9
+
+    async def data_only(events: Any) -> Any:  # lab 4's framing, reused as it was
+        async for event in events:
+            yield f"data: {json_module.dumps(event)}\n\n".encode()
+    with pytest.raises(LabCheckFailed) as info:
+        check.events(translate.response_events, data_only, translate.response_object)
+    assert "'event:' line" in info.value.what
+
+
+@pytest.mark.parametrize("wrong, says", [
+    ("no-answer", "ends before the answer"),  # a continuation would not know what the model said
+    ("none", "instead of raising a 404"),     # an unknown id answered with null and a 200
+    ("unbounded", "it should never hold more than MAX_STORED"),
+])
+def test_store_check_refuses_a_store_without_answers_nulls_or_no_bound(lab9: Any, wrong: str, says: str) -> None:
+    from coursekit.labchecks import responses as check
+
+    _, store = lab9
+    check.store(store.remember, store.stored)
+
+    def remember(response: dict, conversation: list) -> None:
+        if response["store"]:
+            answer = [] if wrong == "no-answer" else [
+                {"role": "assistant", "content": response["output"][0]["content"][0]["text"]}]
+            store.STORE[response["id"]] = (response, [*conversation, *answer])
+
+    def stored(response_id: str, param: Any = None) -> Any:
+        return store.STORE.get(response_id) if wrong == "none" else store.stored(response_id, param)
+    with pytest.raises(LabCheckFailed) as info:
+        check.store(remember if wrong != "none" else store.remember, stored)
+    assert says in info.value.what
 
 
 # ---- lab 11: the gateway ------------------------------------------------------------------------

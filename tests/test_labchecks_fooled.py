@@ -192,7 +192,7 @@ def test_hints_are_graded_a_nudge_first_then_the_shape_never_the_code(capsys: py
 
 
 @pytest.mark.parametrize("module", ["api_design", "fastapi_basics", "streaming", "errors", "embeddings", "tools",
-                                    "responses"])
+                                    "responses", "scaling_out"])
 def test_graded_modules_nudge_every_check_and_their_shapes_hold_no_calls(module: str) -> None:
     import importlib
 
@@ -521,3 +521,203 @@ def test_scripted_chat_check_refuses_sse_habits_in_ndjson(package10: Path) -> No
 
     _rewrite(package10 / "ollama.py", 'json.dumps(line) + "\\n"', 'json.dumps(line) + "\\n\\n"')  # SSE's blank line
     assert "is blank" in _fails(providers.scripted_chat).what
+
+
+# ---- lab 11: the gateway ------------------------------------------------------------------------
+
+@pytest.fixture()
+def package11(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """myserver/ as the solutions of labs 01 to 11 write it, importable (forgotten afterwards)."""
+    import sys
+
+    from coursekit import export
+
+    root = Path(__file__).resolve().parents[1]
+    export.export_notebooks([p for p in sorted((root / "solutions").glob("*.ipynb")) if p.stem[:2] <= "11"], tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _forget_myserver()
+    yield tmp_path / "myserver"
+    _forget_myserver()
+
+
+
+
+
+
+def _lab11(name: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f"myserver.{name}")
+
+
+def _gateway_checks(check_name: str) -> None:
+    from coursekit.labchecks import scaling_out as check
+
+    gateway, engine, errors, settings, limits = (_lab11(m) for m in ("gateway", "engine", "errors", "settings", "limits"))
+    if check_name == "cooldown":
+        check.cooldown(gateway.Upstream, gateway.COOLDOWN)
+    elif check_name == "routing":
+        check.routing(gateway.pick)
+    elif check_name == "retries":
+        check.retries(gateway.GatewayEngine, settings.Settings, engine.Done, errors.APIError)
+    else:
+        check.rate_limit(limits.RequestsPerMinute, errors.APIError)
+
+
+ROUND_ROBIN = """    candidates = [u for u in upstreams if u not in exclude and u.available(now)]
+    if not candidates:
+        return None
+    pick.turn = getattr(pick, "turn", -1) + 1
+    return candidates[pick.turn % len(candidates)]
+"""
+FIXED_WINDOW = """            minute = now // self.window
+            if times and times[0] // self.window != minute:
+                times.clear()
+            if len(times) >= self.limit:
+                raise rate_limited(self.limit, self.window, (minute + 1) * self.window - now)
+            times.append(now)
+"""
+GATEWAY_WRONG = {  # name: (module file, check, solution text, wrong text, words the failure must say)
+    "a cool-down that never ends": ("gateway.py", "cooldown", "self.down_until = now + COOLDOWN",
+                                    "self.down_until = float('inf')", "never available again"),
+    "no cool-down at all": ("gateway.py", "cooldown", "self.down_until = now + COOLDOWN", "pass",
+                            "straight back"),
+    "round-robin, blind to load": ("gateway.py", "routing",
+                                   "    candidates = [u for u in upstreams if u not in exclude and u.available(now)]\n"
+                                   "    return min(candidates, key=lambda u: u.outstanding, default=None)\n",
+                                   ROUND_ROBIN, "round-robin"),
+    "the first available, blind to load": ("gateway.py", "routing",
+                                           "return min(candidates, key=lambda u: u.outstanding, default=None)",
+                                           "return candidates[0] if candidates else None", "fewest outstanding"),
+    "a retry after the first token": ("gateway.py", "retries", "if sent:  # the client", "if False:  # the client",
+                                      "glued to another"),
+    "no retry at all": ("gateway.py", "retries", "upstream.failed(self.clock())  # and round the loop, to the next upstream", "raise",
+                        "should have moved to upstream 2"),
+    "a 400 retried elsewhere": ("gateway.py", "retries", "if not retryable(error):  # wrong everywhere",
+                                "if False:  # wrong everywhere", "unchanged"),
+    "a window per calendar minute": ("limits.py", "rate_limit",
+                                     "            while times and times[0] <= now - self.window:\n"
+                                     "                times.popleft()\n"
+                                     "            if len(times) >= self.limit:\n"
+                                     "                raise rate_limited(self.limit, self.window, times[0] + self.window - now)\n"
+                                     "            times.append(now)\n", FIXED_WINDOW, "slides"),
+    "a 429 without Retry-After": ("limits.py", "rate_limit",
+                                  "raise rate_limited(self.limit, self.window, times[0] + self.window - now)",
+                                  "raise APIError(429, 'Too many requests.', type='requests', code='rate_limit_exceeded')",
+                                  "no Retry-After"),
+    "one limit for every key": ("limits.py", "rate_limit", "times = self.times[key]", "times = self.times['all']",
+                                "per key"),
+}
+
+
+@pytest.mark.parametrize("wrong", list(GATEWAY_WRONG))
+def test_gateway_checks_refuse_plausible_wrong_answers(wrong: str, package11: Path) -> None:
+    module, check_name, old, new, said = GATEWAY_WRONG[wrong]
+    _gateway_checks(check_name)  # the solution passes
+    _rewrite(package11 / module, old, new)
+    with pytest.raises(LabCheckFailed) as info:
+        _gateway_checks(check_name)
+    assert said in " ".join([info.value.what, *info.value.details])
+
+
+# --- against processes: scripted upstreams (no model), the learner's gateway in-process ---
+
+class _Gateway:
+    """What lab.serve returns, for a gateway served in this process (fakes.live_app)."""
+
+    def __init__(self, root: str) -> None:
+        self.root, self.base_url, self.ready = root, f"{root}/v1", True
+
+    def client(self, api_key: str, timeout: float = 30) -> Any:
+        import openai
+
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=timeout)
+
+
+@pytest.fixture()
+def scripted_upstreams() -> Iterator[list[Any]]:
+    """Two scripted reference servers as processes (tests/fixtures/scripted_upstream.py): killable."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from coursekit import lab
+
+    script = Path(__file__).resolve().parent / "fixtures" / "scripted_upstream.py"
+    ups = []
+    for number in (1, 2):
+        log = Path(tempfile.mkstemp(prefix=f"scripted{number}-", suffix=".log")[1])
+        with log.open("w") as out:
+            process = subprocess.Popen([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
+        ups.append(lab.Upstream(number, process, log))
+    try:
+        yield [u.wait(timeout=60) for u in ups]
+    finally:
+        for u in ups:
+            u.kill()
+
+
+@contextlib.contextmanager
+def _served_gateway(ups: list[Any], **settings: Any) -> Iterator[_Gateway]:
+    from coursekit.labchecks.fakes import live_app
+
+    config = _lab11("settings").Settings(upstream_url=",".join(u.url for u in ups), upstream_api_key=None,
+                                         api_keys=["sk-a", "sk-b"], **settings)
+    with live_app(_lab11("app").create_app(config)) as root:
+        yield _Gateway(root)
+
+
+def test_the_mid_stream_check_refuses_a_stream_continued_on_another_upstream(package11: Path,
+                                                                             scripted_upstreams: list[Any]) -> None:
+    from coursekit.labchecks import scaling_out as check
+
+    _rewrite(package11 / "gateway.py", "if sent:  # the client", "if False:  # the client")
+    with _served_gateway(scripted_upstreams) as gateway, pytest.raises(LabCheckFailed) as info:
+        check.mid_stream(gateway, scripted_upstreams, "sk-a")
+    assert "still ended normally" in info.value.what
+    assert sum(u.alive for u in scripted_upstreams) == 1  # it did kill the one serving the stream
+
+
+def test_the_live_checks_pass_on_the_solution_and_refuse_a_gateway_blind_to_load_or_that_never_retries(
+        package11: Path, scripted_upstreams: list[Any]) -> None:
+    """Against scripted upstreams: a gateway that always picks the first upstream fails the spread
+    check; the solution passes spread, a death mid-stream and failover; then a gateway that neither
+    cools a dead upstream down nor retries fails failover (upstream 1 dead, first in its list)."""
+    from coursekit.labchecks import scaling_out as check
+
+    gateway_py = package11 / "gateway.py"
+    least_busy = "return min(candidates, key=lambda u: u.outstanding, default=None)"
+    _rewrite(gateway_py, least_busy, "return candidates[0] if candidates else None")
+    with _served_gateway(scripted_upstreams) as gateway, pytest.raises(LabCheckFailed) as info:
+        check.spread(gateway, scripted_upstreams, "sk-a")
+    assert "expected one each" in info.value.what
+    _rewrite(gateway_py, "return candidates[0] if candidates else None", least_busy)
+
+    with _served_gateway(scripted_upstreams) as gateway:
+        check.spread(gateway, scripted_upstreams, "sk-a")
+        check.mid_stream(gateway, scripted_upstreams, "sk-a")
+        check.failover(gateway, scripted_upstreams, "sk-a")
+    assert check.OBSERVED["failover"]["answered"] == 3
+
+    _rewrite(gateway_py, "self.down_until = now + COOLDOWN", "pass")
+    _rewrite(gateway_py, "upstream.failed(self.clock())  # and round the loop, to the next upstream", "raise")
+    dead_first = sorted(scripted_upstreams, key=lambda u: u.alive)  # first in the list: ties go to it
+    with _served_gateway(dead_first) as gateway, pytest.raises(LabCheckFailed) as info:
+        check.failover(gateway, dead_first, "sk-a")
+    assert "with one upstream dead" in info.value.what
+
+
+def test_the_live_rate_limit_check_refuses_one_limit_for_every_key(package11: Path) -> None:
+    from coursekit.labchecks import scaling_out as check
+    from coursekit.labchecks.fakes import FakeEngine, live_app
+
+    def serve() -> Any:
+        config = _lab11("settings").Settings(api_keys=["sk-a", "sk-b"], requests_per_minute=3, rate_window=1)
+        return live_app(_lab11("app").create_app(config, engine=FakeEngine()))
+    with serve() as root:
+        check.rate_limit_live(_Gateway(root), "sk-a", "sk-b", 3)
+    _rewrite(package11 / "limits.py", "times = self.times[key]", "times = self.times['all']")
+    with serve() as root, pytest.raises(LabCheckFailed) as info:
+        check.rate_limit_live(_Gateway(root), "sk-a", "sk-b", 3)
+    assert "each key has its own limit" in info.value.what

@@ -18,6 +18,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import weakref
 from pathlib import Path
@@ -279,6 +280,121 @@ def serve(*, api_keys: list[str] | None = None, args: list[str] | None = None,
 def stop_servers() -> None:
     while _SERVERS:
         _SERVERS.pop()._finalizer()
+
+
+# ---- upstream servers, for lab 11 ----------------------------------------------------------------
+
+class Upstream:
+    """A reference server started as an upstream of your gateway: it has ``/metrics``, and it can
+    be killed (``kill()``: SIGKILL, a crash, not a shutdown)."""
+
+    def __init__(self, number: int, process: subprocess.Popen, log: Path, url: str | None = None) -> None:
+        self.number, self.process, self.log_path = number, process, log
+        self.url = url  # its base URL, ending in /v1 (known before it is ready when its port was chosen)
+        self.ready = False
+        self._finalizer = weakref.finalize(self, _kill_group, process)
+
+    @property
+    def root(self) -> str | None:
+        return self.url[: -len("/v1")] if self.url else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def wait(self, timeout: float = READY_TIMEOUT) -> "Upstream":
+        """Waits for its ``Ready: ... at URL`` line; raises with the end of its log if it never comes."""
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            found = re.search(r"^Ready: .* at (http://\S+/v1)", self.log(400), re.M)
+            if found:
+                self.url, self.ready = found.group(1), True
+            elif not self.alive or time.monotonic() > deadline:
+                raise RuntimeError(f"upstream {self.number} did not start. The end of its log:\n{self.log(15)}")
+            else:
+                time.sleep(0.05)
+        return self
+
+    def kill(self) -> None:
+        self._finalizer()
+
+    def __repr__(self) -> str:
+        state = "dead" if not self.alive else "ready" if self.ready else "starting"
+        return f"<upstream {self.number}: {self.url or 'port not known yet'}, {state}>"
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, 9)  # SIGKILL, to the server and anything it started
+    with contextlib.suppress(Exception):
+        process.wait(timeout=15)
+
+
+_UPSTREAMS: list[Upstream] = []
+
+
+def upstreams(n: int = 2, *, wait: bool = True) -> list[Upstream]:
+    """Starts ``n`` reference servers on free ports, together, for your gateway to forward to.
+
+    Local mode: each runs the model on one thread (a replica). Remote mode (no llama.cpp here):
+    each is a reference server in gateway mode (``--upstream``) in front of the shared server, so
+    each can still be counted and killed on its own. They stop with the notebook's kernel.
+
+    Their ports are chosen here, so their URLs are known at once: a gateway can start while they
+    load, as in a deployment where everything starts together.
+    """
+    stop_upstreams()
+    shared = remote_url()
+    started = []
+    for number in range(1, n + 1):
+        log = Path(tempfile.mkstemp(prefix=f"upstream{number}-", suffix=".log")[1])
+        port = _free_port()
+        command = [sys.executable, "-m", "coursekit.child", "reference_server", "--port", str(port)]
+        if shared:
+            command += ["--upstream", shared + (f"#{remote_key()}" if remote_key() else "")]
+        else:
+            command += ["--threads", "1", "--n-ctx", "512", "--no-embeddings"]
+        # One process, not the server's crash supervisor and its child: the kernel is the parent.
+        env = dict(os.environ, COURSE_PARENT_PID=str(os.getpid()), REFERENCE_SERVER_SUPERVISED=str(os.getpid()))
+        with log.open("w") as out:
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                       start_new_session=True)
+        started.append(Upstream(number, process, log, f"http://127.0.0.1:{port}/v1"))
+    _UPSTREAMS.extend(started)
+    # Meanwhile this kernel only waits, and the lab's last cell needs what takes it seconds:
+    # the machine's description for the checkpoint (it asks llama.cpp), and the openai client.
+    threading.Thread(target=_prepare_checkpoint, daemon=True, name="prepare-checkpoint").start()
+    if wait:
+        for upstream in started:
+            upstream.wait()
+    return started
+
+
+def _free_port() -> int:
+    """A port nobody listens on now (the server binds it within a second, before loading its model)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare_checkpoint() -> None:
+    with contextlib.suppress(Exception):
+        import openai  # noqa: F401
+
+        from .checkpoint import machine_info
+
+        machine_info()  # cached: the checkpoint cell finds it ready
+
+
+def stop_upstreams() -> None:
+    while _UPSTREAMS:
+        _UPSTREAMS.pop().kill()
 
 
 # ---- the reference server, for lab 1 ----------------------------------------------------------------

@@ -53,6 +53,12 @@ BREAKS = {
     "status-422": "422 for invalid requests, FastAPI's default",
     "buffered": "generates the whole stream, then sends it at once",
     "ignores-n": "answers one choice for n=2",
+    # The rest also serve the Responses API (the variants above answer 404 there: "not offered").
+    "responses": "serves the Responses API, and breaks no rule",
+    "resp-no-seq": "Responses events without sequence_number",
+    "resp-ignores-previous": "accepts previous_response_id and ignores it",
+    "resp-chat-usage": "Responses usage with chat's names (prompt_tokens, completion_tokens)",
+    "resp-forgets": "stores nothing: retrieving or continuing a response is a 404",
 }
 
 
@@ -61,6 +67,7 @@ class Fake:
 
     def __init__(self, brk: str, api_key: str | None, received: list[tuple[str, Any]]) -> None:
         self.brk, self.api_key, self.received = brk, api_key, received
+        self.stored: dict[str, tuple[dict[str, Any], list[str]]] = {}  # Responses: id -> (response, conversation)
 
     def error(self, status: int, message: str, param: str | None = None, code: str | None = None) -> Response:
         if self.brk == "detail":
@@ -84,6 +91,8 @@ class Fake:
             return JSONResponse(self.model())
         if request.method == "POST" and path == "/chat/completions":
             return await self.chat(request)
+        if self.brk.startswith("resp") and path.startswith("/responses"):
+            return await self.responses(request, path)
         return self.error(404, f"Invalid URL ({request.method} {request.url.path})")
 
     @staticmethod
@@ -166,6 +175,85 @@ class Fake:
             yield b"".join(held)
 
 
+    # ---- the Responses API, on the same fake generation ----
+
+    async def responses(self, request: Request, path: str) -> Response:
+        if request.method == "GET" and path.startswith("/responses/"):
+            found = self.stored.get(path[len("/responses/"):])
+            if found is None:
+                return self.error(404, "No response with that id.", code="response_not_found")
+            return JSONResponse(found[0])
+        if request.method != "POST" or path != "/responses":
+            return self.error(404, f"Invalid URL ({request.method} {request.url.path})")
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return self.error(400, "We could not parse the JSON body of your request.")
+        items = body.get("input")
+        if isinstance(items, str):
+            items = [{"role": "user", "content": items}]
+        if not isinstance(items, list) or not items:
+            return self.error(400, "Invalid type for 'input': a string or a list of items.", param="input")
+        said = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or item.get("role") not in ("user", "assistant", "system", "developer"):
+                return self.error(400, "Invalid value for the item's role.", param=f"input[{i}].role")
+            content = item.get("content")
+            said.append(content if isinstance(content, str) else " ".join(p.get("text", "") for p in content))
+        if body.get("model") != FAKE_MODEL:
+            return self.error(404, "The model does not exist.", param="model", code="model_not_found")
+        history: list[str] = []
+        if body.get("previous_response_id") is not None:
+            found = self.stored.get(body["previous_response_id"])
+            if found is None:
+                return self.error(404, "Previous response not found.", param="previous_response_id",
+                                  code="response_not_found")
+            history = [] if self.brk == "resp-ignores-previous" else found[1]
+        conversation = history + said
+        prompt = sum(len(text.split()) for text in [body.get("instructions") or "", *conversation])
+        tokens, finish = generate(body.get("max_output_tokens") or 16, [])
+        usage = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                 "output_tokens": len(tokens), "output_tokens_details": {"reasoning_tokens": 0},
+                 "total_tokens": prompt + len(tokens)}
+        if self.brk == "resp-chat-usage":
+            usage = {"prompt_tokens": prompt, "completion_tokens": len(tokens), "total_tokens": prompt + len(tokens)}
+        cut = finish == "length"
+        head = {"id": f"resp_{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+                "status": "in_progress", "error": None, "incomplete_details": None,
+                "instructions": body.get("instructions"), "model": FAKE_MODEL, "output": [], "tools": [],
+                "tool_choice": "auto", "parallel_tool_calls": True, "temperature": body.get("temperature", 1.0),
+                "top_p": 1.0, "metadata": {}, "previous_response_id": body.get("previous_response_id"),
+                "store": body.get("store", True)}
+        item_id = f"msg_{uuid.uuid4().hex}"
+        part = {"type": "output_text", "text": "".join(tokens), "annotations": [], "logprobs": []}
+        item = {"type": "message", "id": item_id, "status": "incomplete" if cut else "completed",
+                "role": "assistant", "content": [part]}
+        final = {**head, "status": "incomplete" if cut else "completed", "output": [item], "usage": usage,
+                 "incomplete_details": {"reason": "max_output_tokens"} if cut else None}
+        if final["store"] and self.brk != "resp-forgets":
+            self.stored[final["id"]] = (final, conversation + ["".join(tokens)])
+        if not body.get("stream"):
+            return JSONResponse(final)
+        ref = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        events = [("response.created", {"response": head}), ("response.in_progress", {"response": head}),
+                  ("response.output_item.added", {"output_index": 0, "item": {**item, "status": "in_progress",
+                                                                              "content": []}}),
+                  ("response.content_part.added", {**ref, "part": {**part, "text": ""}})]
+        events += [("response.output_text.delta", {**ref, "delta": token, "logprobs": []}) for token in tokens]
+        events += [("response.output_text.done", {**ref, "text": part["text"], "logprobs": []}),
+                   ("response.content_part.done", {**ref, "part": part}),
+                   ("response.output_item.done", {"output_index": 0, "item": item}),
+                   ("response.incomplete" if cut else "response.completed", {"response": final})]
+
+        async def frames() -> AsyncIterator[bytes]:
+            for number, (kind, fields) in enumerate(events):
+                event = {"type": kind, **fields}
+                if self.brk != "resp-no-seq":
+                    event["sequence_number"] = number
+                yield f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode()
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+
 def generate(limit: int, stops: list[str]) -> tuple[list[str], str]:
     """The fake model counts: '1,', ' 2,', ' 3,' ... up to ``limit`` tokens or a stop sequence."""
     text, tokens = "", []
@@ -190,7 +278,7 @@ def fake_app(received: list[tuple[str, Any]], api_key: str | None) -> Starlette:
                                            "param": None, "code": None}}, 404)
         return await fakes[match.group(1)].handle(request, match.group(2) or "/")
 
-    return Starlette(routes=[Route("/{path:path}", route, methods=["GET", "POST"])])
+    return Starlette(routes=[Route("/{path:path}", route, methods=["GET", "POST", "DELETE"])])
 
 
 def serve(app: Any) -> tuple[str, uvicorn.Server, threading.Thread]:
@@ -227,8 +315,9 @@ def open_fakes() -> Iterator[str]:
 
 # ---- the checker on the fakes ----------------------------------------------------------------
 
+RESPONSES_ROWS = [row_id for _, row_id, _, _ in conform.all_rows(["responses"])]
 OPTIONAL_REFUSED = ["chat.n", "completions", "completions.stream", "embeddings.float", "embeddings.base64",
-                    "tools", "tools.stream", "json.object", "json.schema"]
+                    "tools", "tools.stream", "json.object", "json.schema", *RESPONSES_ROWS]
 
 
 def expected_good(auth: bool) -> dict[str, str]:
@@ -273,6 +362,41 @@ def test_a_broken_server_fails_exactly_the_rows_of_its_rule(open_fakes: str, brk
         assert says in report.row(row_id).reason, report.row(row_id).reason
     required = any(report.row(r).required for r in rows)
     assert report.ok is not required and not report.ok_strict
+
+
+def test_a_server_without_the_responses_api_is_not_offered_in_one_request(fakes: tuple[str, list]) -> None:
+    """A 404 for POST /responses makes every Responses row "not offered", and blocks nothing."""
+    root, received = fakes
+    report = conform.run(f"{root}/good/v1", api_key=KEY, groups=["responses"])
+    assert report.statuses() == dict.fromkeys(RESPONSES_ROWS, "not offered") and report.ok and report.ok_strict
+    assert all(r.reason.startswith("no Responses API: POST /good/v1/responses answered 404") for r in report.rows)
+
+
+def test_a_server_that_serves_the_responses_api_passes_its_rows(open_fakes: str) -> None:
+    report = conform.run(f"{open_fakes}/responses/v1", groups=["responses"])
+    assert report.statuses() == dict.fromkeys(RESPONSES_ROWS, "pass"), report.table()
+    assert report.seconds < 10
+
+
+RESPONSES_BROKEN = {
+    # break: (rows that fail, what the first of them must say)
+    "resp-no-seq": (["responses.stream"], "sequence_number"),
+    "resp-ignores-previous": (["responses.previous"], "the stored conversation was not sent to the model"),
+    "resp-chat-usage": (["responses.create", "responses.stream", "responses.items", "responses.instructions",
+                         "responses.previous"], "usage"),  # retrieve: the same defect, already reported
+    "resp-forgets": (["responses.previous", "responses.retrieve"], "answered 404"),
+}
+
+
+@pytest.mark.parametrize("brk", list(RESPONSES_BROKEN))
+def test_a_broken_responses_api_fails_exactly_the_rows_of_its_rule(open_fakes: str, brk: str) -> None:
+    report = conform.run(f"{open_fakes}/{brk}/v1", groups=["responses"])
+    rows, says = RESPONSES_BROKEN[brk]
+    expected = dict.fromkeys(RESPONSES_ROWS, "pass")
+    expected.update(dict.fromkeys(rows, "fail"))
+    assert report.statuses() == expected, report.table()
+    assert says in report.row(rows[0]).reason, report.row(rows[0]).reason
+    assert report.ok and not report.ok_strict  # optional rows: broken, yet not blocking
 
 
 def test_a_broken_server_fails_the_auth_rows_too(fakes: tuple[str, list]) -> None:
@@ -358,6 +482,14 @@ def test_command_line_table_json_and_exit_codes(fakes: tuple[str, list], tmp_pat
 def test_strict_fails_on_a_broken_optional_feature(open_fakes: str) -> None:
     assert conform.main(_args(f"{open_fakes}/ignores-n/v1")) == 0
     assert conform.main(_args(f"{open_fakes}/ignores-n/v1", strict=True)) == 1
+
+
+def test_one_group_from_the_command_line(open_fakes: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """--group responses runs those rows alone; --strict fails a Responses API that breaks one."""
+    assert conform.main(_args(f"{open_fakes}/resp-no-seq/v1", group=["responses"])) == 0
+    out = capsys.readouterr().out
+    assert "responses.stream" in out and "chat.stream" not in out
+    assert conform.main(_args(f"{open_fakes}/resp-no-seq/v1", group=["responses"], strict=True)) == 1
 
 
 def _args(base_url: str, **extra: Any) -> Any:

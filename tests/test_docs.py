@@ -39,6 +39,7 @@ CHAPTERS = {
     "08-batching": "08_batching",
     "09-responses": "09_responses",
     "10-providers": "10_providers",
+    "11-scaling-out": "11_scaling_out",
 }
 NOTEBOOK_DIRS = ("labs", "solutions")
 

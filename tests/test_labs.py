@@ -9,7 +9,9 @@
 * in remote mode (``COURSE_BASE_URL``), with llama_cpp impossible to import, every solution
   still passes, its server forwarding to a reference server started here as a real process.
 
-nbval also runs solutions/ and compares the outputs of cells marked ``# NBVAL_CHECK_OUTPUT``.
+* a solution's cells marked ``# NBVAL_CHECK_OUTPUT`` print what the committed notebook shows (nbval's
+  convention: ``pytest --nbval-lax solutions/`` checks the same on its own; the suite compares them
+  in the solved run instead of executing every solution a fourth time).
 """
 
 from __future__ import annotations
@@ -113,7 +115,7 @@ def test_solution_follows_the_lab_conventions(solution: Path) -> None:
     for cell in nb.cells:
         if cell.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in cell.source:
             assert cell.execution_count is not None and cell.outputs, \
-                f"cell {cell.get('id')} is compared by nbval, so the solution must store its output"
+                f"cell {cell.get('id')} is compared with its stored output, so the solution must store it"
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=_id)
@@ -152,6 +154,30 @@ def assert_passes(solution: Path, nb: nbformat.NotebookNode, log: Path) -> None:
     assert json.dumps(rec["observed"]) not in ("null", "{}", "[]"), "the checkpoint recorded nothing observed"
 
 
+def shown(cell: nbformat.NotebookNode) -> list[str]:
+    """What a cell printed or returned, as nbval compares it (text only; images and ids aside)."""
+    found = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            found.append(f"{out.name}: {out.text}")
+        elif out.output_type in ("execute_result", "display_data") and "text/plain" in out.get("data", {}):
+            found.append(f"{out.output_type}: {out.data['text/plain']}")
+        elif out.output_type == "error":
+            found.append(f"error: {out.ename}: {out.evalue}")
+    return found
+
+
+def assert_outputs_as_committed(solution: Path, nb: nbformat.NotebookNode) -> None:
+    committed = nbformat.read(solution, as_version=4)
+    compared = [(old, new) for old, new in zip(committed.cells, nb.cells)
+                if old.cell_type == "code" and "# NBVAL_CHECK_OUTPUT" in old.source]
+    assert compared or "# NBVAL_CHECK_OUTPUT" not in solution.read_text(encoding="utf-8")
+    for old, new in compared:
+        assert shown(new) == shown(old), (
+            f"cell {old.get('id')} of {solution.name} prints something else than the committed notebook "
+            "shows (# NBVAL_CHECK_OUTPUT): re-run the solution and save it, or fix the code")
+
+
 def package_files(root: Path) -> dict[str, str]:
     folder = export.package_dir(root)
     return {p.relative_to(folder).as_posix(): p.read_text(encoding="utf-8") for p in sorted(folder.rglob("*.py"))}
@@ -164,6 +190,7 @@ def test_solution_passes_and_records_a_checkpoint(solution: Path, tmp_path: Path
     monkeypatch.setenv(checkpoint.LOG_ENV, str(log))
     nb = execute(solution, tmp_path / "package", monkeypatch)
     assert_passes(solution, nb, log)
+    assert_outputs_as_committed(solution, nb)
     if export.export_cells(solution):
         exported = tmp_path / "exported"
         export.export_notebooks([*export.labs_before(solution.stem, ROOT / "solutions"), solution], exported)

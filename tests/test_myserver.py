@@ -4,7 +4,7 @@
 (what running them writes: tests/test_labs.py proves it), then ``python -m myserver`` runs as a
 real process with an API key, and the official ``openai`` client talks to it: models, chat
 (streamed and not), legacy completions, embeddings in both encodings, a forced tool call,
-structured output, and errors in the envelope. Every body and chunk is checked against
+structured output, errors in the envelope, and lab 9's Responses API. Every body and chunk is checked against
 ``schemas/``.
 """
 
@@ -192,6 +192,71 @@ def test_errors_in_the_envelope(client: openai.OpenAI, learner_server: str) -> N
     r = httpx.get(f"{learner_server}/engines", headers={"Authorization": f"Bearer {KEY}"})
     assert r.status_code == 404
     valid(r.json(), "error")
+
+
+def test_responses_lab_9(client: openai.OpenAI, learner_server: str) -> None:
+    """Lab 9's /v1/responses on the same package: created, streamed, continued, retrieved, refused."""
+    from schemas import openai_spec
+
+    def both(item: dict, name: str) -> None:
+        valid(item, name)
+        assert openai_spec.problems(item, name) == [], (name, openai_spec.problems(item, name))
+
+    body = raw(client, "/responses", {"model": MODEL_ID, "input": "What is the capital of France?",
+                                      "instructions": "Be brief.", "max_output_tokens": 16, "temperature": 0})
+    both(body, "response")
+    with httpx.stream("POST", f"{learner_server}/responses", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": MODEL_ID, "input": "Hi", "max_output_tokens": 16, "stream": True,
+                            "store": False}, timeout=120) as response:
+        frames = [f for f in response.read().decode().split("\n\n") if f.strip()]
+    events = []
+    for frame in frames:
+        name, data = frame.split("\n")
+        events.append(json.loads(data.removeprefix("data: ")))
+        assert name == f"event: {events[-1]['type']}"
+        both(events[-1], "response_stream_event")
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[-1]["type"] in ("response.completed", "response.incomplete")
+    second = client.responses.create(model=MODEL_ID, input="And of Italy?", previous_response_id=body["id"],
+                                      max_output_tokens=16, temperature=0)
+    assert second.usage.input_tokens > body["usage"]["input_tokens"]  # the earlier turn was read again
+    assert client.responses.retrieve(body["id"]).model_dump(exclude_unset=True)["output"] == body["output"]
+    with pytest.raises(openai.NotFoundError):  # store: false kept nothing
+        client.responses.retrieve(events[0]["response"]["id"])
+    with pytest.raises(openai.BadRequestError) as info:
+        client.responses.create(model=MODEL_ID, input="Hi", tools=[{"type": "web_search"}])
+    assert info.value.param == "tools"  # refused by name, never ignored
+
+
+def test_ollama_routes_through_the_official_client(client: openai.OpenAI, learner_server: str) -> None:
+    """Lab 10: Ollama's /api/chat, /api/tags and error envelope, on the same engine as /v1."""
+    import ollama
+
+    root = learner_server[: -len("/v1")]
+    auth = {"Authorization": f"Bearer {KEY}"}
+    speaker = ollama.Client(host=root, headers=auth, timeout=120)
+    assert [m.model for m in speaker.list().models] == [MODEL_ID]
+    greedy = {"temperature": 0, "num_predict": 8}
+    whole = speaker.chat(model=MODEL_ID, messages=HELLO, options=greedy)
+    plain = client.chat.completions.create(model=MODEL_ID, messages=HELLO, max_tokens=8, temperature=0)
+    assert whole.message.content == plain.choices[0].message.content
+    assert (whole.prompt_eval_count, whole.eval_count, whole.done_reason) == (
+        plain.usage.prompt_tokens, plain.usage.completion_tokens, plain.choices[0].finish_reason)
+    assert whole.eval_duration > 1_000_000  # nanoseconds: eight tokens take more than a millisecond
+    r = httpx.post(f"{root}/api/chat", json={"model": MODEL_ID, "messages": HELLO, "options": greedy},
+                   headers=auth, timeout=120)  # no "stream": Ollama streams
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    for line in lines:
+        valid(line, "ollama_chat_response")
+    assert [line["done"] for line in lines][-1] is True
+    assert "".join(line["message"]["content"] for line in lines) == whole.message.content
+    with pytest.raises(ollama.ResponseError) as info:
+        speaker.chat(model="llama3.2", messages=HELLO)
+    assert (info.value.status_code, info.value.error) == (404, "model 'llama3.2' not found")
+    r = httpx.get(f"{root}/api/tags")
+    assert r.status_code == 401
+    valid(r.json(), "ollama_error")
 
 
 def test_the_batching_engine_keeps_every_feature(package_root: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
+import uuid
 
 import numpy as np
 import openai
@@ -82,6 +83,21 @@ def test_temperature_zero_ignores_a_warm_prompt_cache(client):
                                    max_tokens=3, temperature=0)
     again = client.chat.completions.create(**ask).choices[0].message.content
     assert first == again
+
+
+def test_usage_reports_the_prompt_tokens_the_prefix_cache_supplied(client):
+    """OpenAI's ``usage.prompt_tokens_details.cached_tokens``: a chat's next turn reuses the history's cells."""
+    history = [{"role": "system", "content": f"Conversation {uuid.uuid4().hex}: you answer briefly."},
+               {"role": "user", "content": "Name a large river in Europe."}]
+    first = client.chat.completions.create(model=MODEL, messages=history, max_tokens=12, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens < 8  # a new system prompt: nothing to reuse
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And one in Africa?"}]
+    stream = client.chat.completions.create(model=MODEL, messages=history, max_tokens=4, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    (last,) = [chunk for chunk in stream if chunk.usage is not None]
+    cached = last.usage.prompt_tokens_details.cached_tokens
+    assert first.usage.prompt_tokens <= cached < last.usage.prompt_tokens, (cached, first.usage, last.usage)
 
 
 def test_seed_makes_sampling_reproducible(client):

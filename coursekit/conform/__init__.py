@@ -1,6 +1,7 @@
 """``coursekit conform``: does a server speak OpenAI's API? Real requests, one table row per feature.
 
     coursekit conform --base-url http://127.0.0.1:8000/v1 [--api-key KEY] [--model ID] [--json FILE]
+                      [--group responses]   only the rows of one group (repeatable)
     coursekit exam ...                 the same (the course's final exam)
     coursekit conform --compare A.json B.json ...   saved results side by side (a room, two servers)
 
@@ -26,8 +27,10 @@ server with it)::
 
 ``run(base_url, api_key=None, model=None, *, timeout=60.0, groups=None, on_row=None) -> Report``:
 ``model=None`` uses the first model the server lists; ``on_row`` is called with each ``Row`` as
-it completes. A new protocol (the Responses API, Ollama, Anthropic) is a new module with a
-``Group`` of checks, registered in ``GROUPS``; ``groups`` picks which to run (default: all).
+it completes. A protocol is a module with a ``Group`` of checks, registered in ``GROUPS``:
+``openai`` (models, chat, completions, embeddings: ``openai_api``) and ``responses`` (the
+Responses API, every row optional: ``responses_api``); ``groups`` picks which to run (default:
+all), e.g. ``run(url, groups=["responses"])``. Ollama's and Anthropic's would be new modules.
 """
 
 from __future__ import annotations
@@ -40,13 +43,13 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import openai_api
+from . import openai_api, responses_api
 from .core import (FAIL, NOT_OFFERED, PASS, SKIPPED, Group, Report, Row, Session, format_row, markdown,
                    now_iso, run_group, table_head)
 
 __all__ = ["FAIL", "GROUPS", "NOT_OFFERED", "PASS", "SKIPPED", "Report", "Row", "main", "markdown", "run"]
 
-GROUPS: dict[str, Group] = {openai_api.GROUP.name: openai_api.GROUP}
+GROUPS: dict[str, Group] = {group.name: group for group in (openai_api.GROUP, responses_api.GROUP)}
 
 
 def all_rows(groups: Sequence[str] | None = None) -> list[tuple[str, str, str, bool]]:
@@ -91,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request (default 60)")
     parser.add_argument("--strict", action="store_true", help="exit 1 also when an optional feature is broken "
                         "(not offered is fine)")
+    parser.add_argument("--group", action="append", choices=list(GROUPS), metavar="NAME",
+                        help=f"run only this group of rows (repeatable; the groups: {', '.join(GROUPS)})")
     parser.add_argument("--compare", nargs="+", metavar="FILE", help="run nothing: show saved --json results side "
                         "by side (one column per file)")
     parser.add_argument("--markdown", action="store_true", help="with --compare: a Markdown table")
@@ -103,11 +108,12 @@ def main(args: argparse.Namespace) -> int:
         print("coursekit conform: give --base-url URL (or --compare FILE...)", file=sys.stderr)
         return 2
     width = max(80, min(shutil.get_terminal_size((110, 24)).columns, 140))
-    columns = [Row(row_id, "", "", False) for _, row_id, _, _ in all_rows()]  # the widths, before any row ran
+    groups = getattr(args, "group", None)
+    columns = [Row(row_id, "", "", False) for _, row_id, _, _ in all_rows(groups)]  # the widths, before any row ran
     print(f"coursekit conform {args.base_url}" + (f"  model: {args.model}" if args.model else "")
           + f"  API key: {'given' if args.api_key else 'none'}\n", flush=True)
     print(table_head(columns), flush=True)
-    report = run(args.base_url, args.api_key, args.model, timeout=args.timeout,
+    report = run(args.base_url, args.api_key, args.model, timeout=args.timeout, groups=groups,
                  on_row=lambda row: print(format_row(row, columns, width), flush=True))
     for note in report.notes:
         print(f"note: {note}")

@@ -268,10 +268,12 @@ class Exchange:
 
 @dataclass
 class Event:
-    """One server-sent event: its ``data`` (lines joined) and when its last byte arrived."""
+    """One server-sent event: its ``data`` (lines joined), when its last byte arrived, and its
+    ``event:`` name if it has one (the Responses API names every event)."""
 
     data: str
     at: float
+    name: str | None = None
 
 
 @dataclass
@@ -298,15 +300,18 @@ def parse_events(buffer: str, at: float) -> tuple[list[Event], str]:
     *complete, rest = buffer.split("\n\n")
     events = []
     for block in complete:
-        data = []
+        data, event_name = [], None
         for line in block.split("\n"):
             if not line or line.startswith(":"):
                 continue  # a comment (keep-alive)
             name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
             if name == "data":
-                data.append(value[1:] if value.startswith(" ") else value)
+                data.append(value)
+            elif name == "event":
+                event_name = value
         if data:
-            events.append(Event("\n".join(data), at))
+            events.append(Event("\n".join(data), at, event_name))
     return events, rest + held
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..backends.base import ChoiceDone, Run, TextDelta, TokenLogprob, ToolCallDelta
+from ..backends.base import ChoiceDone, Run, TextDelta, Timings, TokenLogprob, ToolCallDelta
 from .common import Responder, chat_logprobs, usage
 from .types import ChatChoice, ChunkChoice, ChunkDelta, CreateChatCompletionResponse, ToolCallPart
 
@@ -25,7 +25,7 @@ def _choice(index: int, delta: ChunkDelta, finish_reason: str | None = None,
 # --8<-- [start:stream_chunks]
 async def stream_chunks(run: Run, r: Responder, want_logprobs: bool) -> AsyncIterator[dict[str, Any]]:
     """Role chunk, content (or tool-call) deltas, one finish chunk per choice, then (optionally) usage."""
-    completion = 0
+    completion, cached = 0, None
     opening: ChunkDelta = {"role": "assistant", "content": None if run.calls_only else "", "refusal": None}
     try:
         for i in range(run.n):
@@ -39,8 +39,10 @@ async def stream_chunks(run: Run, r: Responder, want_logprobs: bool) -> AsyncIte
             elif isinstance(event, ChoiceDone):
                 completion += event.completion_tokens
                 yield r.chunk([_choice(event.index, {}, event.finish_reason)])
+            elif isinstance(event, Timings):
+                cached = event.cached_tokens
         if r.include_usage:
-            yield r.usage_chunk(run.prompt_tokens, completion)
+            yield r.usage_chunk(run.prompt_tokens, completion, cached)
     finally:
         await run.events.aclose()
 # --8<-- [end:stream_chunks]
@@ -52,7 +54,7 @@ async def collect(run: Run, r: Responder, want_logprobs: bool) -> CreateChatComp
     texts = [""] * run.n
     logprobs: list[list[TokenLogprob]] = [[] for _ in range(run.n)]
     calls: list[list[ToolCallPart]] = [[] for _ in range(run.n)]
-    finish, completion = ["stop"] * run.n, 0
+    finish, completion, cached = ["stop"] * run.n, 0, None
     try:
         async for event in run.events:
             if isinstance(event, TextDelta):
@@ -66,6 +68,8 @@ async def collect(run: Run, r: Responder, want_logprobs: bool) -> CreateChatComp
             elif isinstance(event, ChoiceDone):
                 finish[event.index] = event.finish_reason
                 completion += event.completion_tokens
+            elif isinstance(event, Timings):
+                cached = event.cached_tokens
     finally:
         await run.events.aclose()
     choices: list[ChatChoice] = []
@@ -75,5 +79,5 @@ async def collect(run: Run, r: Responder, want_logprobs: bool) -> CreateChatComp
             message["tool_calls"] = calls[i]
         choices.append({"index": i, "message": message, "finish_reason": finish[i],
                         "logprobs": chat_logprobs(logprobs[i]) if want_logprobs else None})
-    return r.body("chat.completion", choices=choices, usage=usage(run.prompt_tokens, completion))  # type: ignore[return-value]
+    return r.body("chat.completion", choices=choices, usage=usage(run.prompt_tokens, completion, cached))  # type: ignore[return-value]
 # --8<-- [end:collect]

@@ -28,9 +28,13 @@ def now() -> int:
 
 
 # --8<-- [start:usage]
-def usage(prompt_tokens: int, completion_tokens: int) -> CompletionUsage:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> CompletionUsage:
+    """``cached_tokens``: prompt tokens the prefix cache supplied (OpenAI's ``prompt_tokens_details``), when known."""
+    out: CompletionUsage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                            "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return out
 # --8<-- [end:usage]
 
 
@@ -61,8 +65,8 @@ class Responder:
             out["usage"] = None
         return out
 
-    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-        return self.body(choices=[], usage=usage(prompt_tokens, completion_tokens))
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+        return self.body(choices=[], usage=usage(prompt_tokens, completion_tokens, cached_tokens))
 # --8<-- [end:responder]
 
 

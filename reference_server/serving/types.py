@@ -52,10 +52,15 @@ class LlamaCppError(TypedDict):
     error: LlamaCppErrorObject
 
 
+class PromptTokensDetails(TypedDict):
+    cached_tokens: int
+
+
 class CompletionUsage(TypedDict):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: NotRequired[PromptTokensDetails]
 
 
 class ChatCompletionTokenLogprob(TypedDict):

@@ -83,6 +83,7 @@ class ChunkReader:
         self.deltas: Counter[int] = Counter()   # content deltas per choice: counts when usage is missing
         self.held: list[ChoiceDone] = []        # finished choices, waiting for the usage chunk
         self.prompt_tokens = 0
+        self.cached_tokens = 0  # what the upstream's prefix cache supplied, if its usage says
         self.usage_seen = False
 
     def read(self, chunk: dict[str, Any]) -> list[Event]:
@@ -98,6 +99,7 @@ class ChunkReader:
         if isinstance(usage, dict):
             self.usage_seen = True
             self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.cached_tokens = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
             events += self.finish(int(usage.get("completion_tokens") or 0))
         return events
 
@@ -128,6 +130,6 @@ class ChunkReader:
         counts = [self.deltas[d.index] for d in done]
         if completion_tokens is not None:  # the usage is the truth; deltas only split it
             counts[-1] = max(0, completion_tokens - sum(counts[:-1]))
-        return [Timings(self.prompt_tokens),
+        return [Timings(self.prompt_tokens, self.cached_tokens),
                 *(ChoiceDone(d.index, d.finish_reason, c) for d, c in zip(done, counts))]
 # --8<-- [end:chunk_reader]

@@ -21,7 +21,7 @@ serve: setup              ## run the reference server on the embedded SmolLM2-13
 	$(VENV)/bin/reference-server $(ARGS)
 
 test: setup               ## run the whole test suite (server, schemas, labs, docs)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 labs: setup               ## open JupyterLab at the repository root
 	$(VENV)/bin/jupyter lab

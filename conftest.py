@@ -15,6 +15,12 @@ from pathlib import Path
 
 import pytest
 
+# `make test` runs two test processes (pytest-xdist, one file at a time each) on a 2-core machine.
+# Two llama.cpp contexts with two OpenMP threads each would spin against each other and collapse
+# (a 2-thread decode falls 5-10x when another process takes a core); with one thread each, every
+# process keeps a core. Servers the tests start inherit it; a test may still ask for more.
+os.environ.setdefault("REFERENCE_SERVER_N_THREADS", "1")
+
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("COURSE_CHECKPOINT_LOG", str(Path(tempfile.mkdtemp()) / "checkpoints.jsonl"))

@@ -15,12 +15,6 @@ from pathlib import Path
 
 import pytest
 
-# llama.cpp's OpenMP threads spin while they wait for each other. The suite runs servers, clients
-# and notebook kernels on the same cores, and a spinning thread holds the core that the thread it
-# waits for needs: under load, tests/test_server_client.py took 44 s spinning and 16 s passive.
-# Set before anything loads llama.cpp (libgomp reads it once); every child process inherits it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("COURSE_CHECKPOINT_LOG", str(Path(tempfile.mkdtemp()) / "checkpoints.jsonl"))

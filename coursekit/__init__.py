@@ -12,3 +12,8 @@
 
 Nothing is imported here, so ``from coursekit.checkpoint import machine_info`` stays light.
 """
+
+import sys
+
+if "jsonschema" not in sys.modules:  # the parser jsonschema would build for "iri" formats: see reference_server/__init__.py
+    sys.modules.setdefault("rfc3987_syntax", None)

@@ -7,6 +7,11 @@
 ``python -m schemas validate FILE --schema NAME`` does the same from a shell.
 """
 
-from .validation import BASE_URI, Problem, SchemaError, check, load, names, registry, validate
+import sys
+
+if "jsonschema" not in sys.modules:  # the parser jsonschema would build for "iri" formats: see reference_server/__init__.py
+    sys.modules.setdefault("rfc3987_syntax", None)
+
+from .validation import BASE_URI, Problem, SchemaError, check, load, names, registry, validate  # noqa: E402
 
 __all__ = ["BASE_URI", "Problem", "SchemaError", "check", "load", "names", "registry", "validate"]

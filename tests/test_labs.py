@@ -202,6 +202,14 @@ def test_solution_passes_and_records_a_checkpoint(solution: Path, tmp_path: Path
 
 UPSTREAM_KEY = "sk-upstream"
 NO_MODEL_LABS = {"02_openai_format"}  # nothing in it runs a model, in either mode
+# The labs that take a path of their own in remote mode: lab 1's reference client, lab 3's
+# RemoteEngine, pooled vectors (6), grammars built upstream (7), the batching room (8), /api/tags
+# without a model file (10), the gateway's upstreams (11). The others reach the model only through
+# lab 3's engine interface and lab.serve(), which these runs prove remote; running them remote
+# too would cost the suite about 25 s. The guard below keeps the list honest.
+REMOTE_LABS = {"01_api_design", "03_fastapi_basics", "06_embeddings", "07_tools", "08_batching",
+               "10_providers", "11_scaling_out"}
+REMOTE_MARKS = re.compile(r"lab\.REMOTE|remote_url\(|reference_client\(|upstream_url|RemoteEngine|lab\.upstreams\(")
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +231,14 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=30)
 
 
-@pytest.mark.parametrize("solution", [s for s in SOLUTIONS if s.stem not in NO_MODEL_LABS], ids=_id)
+@pytest.mark.parametrize("solution", [s for s in SOLUTIONS if s.stem not in NO_MODEL_LABS | REMOTE_LABS], ids=_id)
+def test_labs_run_only_locally_take_no_remote_path_of_their_own(solution: Path) -> None:
+    code = "\n".join(cell.source for cell in nbformat.read(solution, as_version=4).cells if cell.cell_type == "code")
+    assert not REMOTE_MARKS.search(code), (f"{solution.name} branches on remote mode: add it to REMOTE_LABS so that "
+                                           "the suite runs it in remote mode")
+
+
+@pytest.mark.parametrize("solution", [s for s in SOLUTIONS if s.stem in REMOTE_LABS], ids=_id)
 def test_solution_passes_in_remote_mode(solution: Path, upstream: str, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A laptop that cannot run llama.cpp: llama_cpp cannot even be imported, in the kernel or in the

@@ -44,7 +44,7 @@ def valid(name: str, *items: dict) -> None:
 
 
 INTERLEAVED = [TextDelta(0, "Hel"), TextDelta(1, "Bon"), TextDelta(0, "lo"), ChoiceDone(1, "length", 2),
-               TextDelta(0, "!"), Timings(5, 0, 1.0, 2.0), ChoiceDone(0, "stop", 3)]
+               TextDelta(0, "!"), Timings(5, 2, 1.0, 2.0), ChoiceDone(0, "stop", 3)]
 
 
 def test_interleaved_choices_stream_in_order_with_usage():
@@ -62,7 +62,7 @@ def test_interleaved_choices_stream_in_order_with_usage():
                     (0, "!", None), (0, None, "stop")]
     assert all(ch["usage"] is None for ch in chunks[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == {
-        "prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}
+        "prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10, "prompt_tokens_details": {"cached_tokens": 2}}
     assert len({ch["id"] for ch in chunks}) == 1
 
 

@@ -207,8 +207,9 @@ def errors(srv: Server, settings: Settings, engine: Engine) -> None:
             return await c.post(CHAT, json={"model": MODEL, "messages": hi})
     record("model_loading", asyncio.run(probe()), "retry-after")
 
-    # 429: --max-queue 2, one long generation running and two waiting.
-    busy_engine = Engine(settings.model_copy(update={"max_queue": 2, "embeddings": False}))
+    # 429: --parallel 1 --max-queue 2, one long generation running and two waiting (with more
+    # slots, the first requests would all be running).
+    busy_engine = Engine(settings.model_copy(update={"parallel": 1, "max_queue": 2, "embeddings": False}))
     busy_engine.load()
     busy = Server(busy_engine.settings, busy_engine)
     long_gen = {"model": MODEL, "messages": hi, "max_tokens": 200, "logit_bias": NO_EOG}
@@ -566,14 +567,22 @@ def checkpoints(settings: Settings) -> None:
 
 
 def room(settings: Settings) -> None:
-    """30 learners press "run" at the same moment: what one shared server does with them."""
+    """30 learners press "run" at the same moment: what one shared server does with them, serial
+    (``--deterministic``, the server of chapters 1 to 7) and batching (chapter 8)."""
     import concurrent.futures
 
-    results: dict[str, Any] = {"load_average_1min_at_start": wait_for_quiet_cpu()}
-    for max_queue in (16, 32):
-        room_engine = Engine(settings.model_copy(update={"max_queue": max_queue, "embeddings": False}))
-        room_engine.load()  # the queue bound belongs to the engine's worker
+    rooms = {  # name -> settings; the queue bound and the slots belong to the engine's runner
+        "serial (--deterministic), max_queue=32": {"deterministic": True, "max_queue": 32},
+        "batching (--parallel 4), max_queue=16": {"parallel": 4, "max_queue": 16},
+        "batching (--parallel 4), max_queue=32": {"parallel": 4, "max_queue": 32},
+        "batching (--parallel 8), max_queue=32": {"parallel": 8, "max_queue": 32},
+    }
+    results: dict[str, Any] = {"threads": settings.n_threads, "cores": os.cpu_count()}
+    for name, update in rooms.items():
+        room_engine = Engine(settings.model_copy(update={**update, "embeddings": False}))
+        room_engine.load()
         srv = Server(room_engine.settings, room_engine)
+        load = wait_for_quiet_cpu()
 
         def one(i: int) -> dict[str, Any]:
             client = openai.OpenAI(base_url=srv.base_url, api_key="not-needed", max_retries=0, timeout=600)
@@ -594,12 +603,14 @@ def room(settings: Settings) -> None:
         srv.stop()
         served = sorted(r["seconds"] for r in runs if r["status"] == 200)
         refused = [r["seconds"] for r in runs if r["status"] == 429]
-        results[f"max_queue={max_queue}"] = {
+        results[name] = {
+            "slots": room_engine.memory, "load_average_1min_at_start": load,
             "requests": 30, "max_tokens": 64, "served": len(served), "refused_429": len(refused),
             "slowest_429_s": round(max(refused), 3) if refused else None,
             "first_answer_s": round(served[0], 2), "median_answer_s": round(served[len(served) // 2], 2),
             "last_answer_s": round(served[-1], 2), "wall_s": round(wall, 2),
             "tokens_per_s_overall": round(sum(r.get("tokens", 0) for r in runs) / wall, 1)}
+        del room_engine, srv
     save("room_simulation.json", results)
 
 

@@ -6,8 +6,9 @@
 * each lab starts from the package the earlier labs' solutions export (as a learner who did
   them would have), exports into a temporary folder, and leaves there exactly what exporting
   its cells without running them gives (``coursekit export``);
-* in remote mode (``COURSE_BASE_URL``), with llama_cpp impossible to import, every solution
-  still passes, its server forwarding to a reference server started here as a real process.
+* in remote mode (``COURSE_BASE_URL``), with llama_cpp impossible to import, every solution that
+  takes a path of its own there (``REMOTE_LABS``) still passes, its server forwarding to a
+  reference server started here as a real process.
 
 * a solution's cells marked ``# NBVAL_CHECK_OUTPUT`` print what the committed notebook shows (nbval's
   convention: ``pytest --nbval-lax solutions/`` checks the same on its own; the suite compares them

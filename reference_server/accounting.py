@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .backends.base import Backend, ChoiceDone, Embedded, Event, ModelCard, Run, TextDelta, ToolCallDelta
+from .backends.base import Backend, BackendWrapper, ChoiceDone, Embedded, Event, Run, TextDelta, ToolCallDelta
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -186,32 +186,12 @@ class Meter:
 
 
 # --8<-- [start:metered]
-class Metered:
+class Metered(BackendWrapper):
     """Any backend, with every run and embedding metered; everything else passes through."""
 
     def __init__(self, inner: Backend, meter: Meter) -> None:
-        self.inner, self.meter = inner, meter
-
-    def __getattr__(self, name: str) -> Any:  # fingerprint, stats, settings, upstream_status ...
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def require_ready(self) -> None:
-        self.inner.require_ready()
-
-    def models(self) -> list[ModelCard]:
-        return self.inner.models()
-
-    @property
-    def queue_depth(self) -> int:
-        return self.inner.queue_depth
+        super().__init__(inner)
+        self.meter = meter
 
     def _metered(self, run: Run, model: str) -> Run:
         run.events = MeteredEvents(run, model, self.meter)

@@ -25,7 +25,7 @@ import uvicorn
 from starlette.responses import JSONResponse
 
 from . import errors
-from .backends.base import Backend, Embedded, Event, ModelCard, Run
+from .backends.base import Backend, BackendWrapper, Embedded, Event, Run
 
 T = TypeVar("T")
 
@@ -113,32 +113,12 @@ class DrainedEvents:
         await self.inner.aclose()
 
 
-class Drained:
+class Drained(BackendWrapper):
     """Any backend, with every run (and embedding) ended by the drain's deadline; the rest passes through."""
 
     def __init__(self, inner: Backend, drain: Drain) -> None:
-        self.inner, self.drain = inner, drain
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
-    async def start(self) -> None:
-        await self.inner.start()
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-    def require_ready(self) -> None:
-        self.inner.require_ready()
-
-    def models(self) -> list[ModelCard]:
-        return self.inner.models()
-
-    @property
-    def queue_depth(self) -> int:
-        return self.inner.queue_depth
+        super().__init__(inner)
+        self.drain = drain
 
     def _drained(self, run: Run) -> Run:
         run.events = DrainedEvents(run.events, self.drain)

@@ -19,7 +19,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..protocol import CreateChatCompletionRequest, CreateCompletionRequest, CreateEmbeddingRequest
@@ -225,6 +225,38 @@ class Backend(Protocol):
     def count_chat_tokens(self, body: CreateChatCompletionRequest) -> int: ...  # the prompt chat() would build
     # --8<-- [end:introspection]
 # --8<-- [end:backend]
+
+
+class BackendWrapper:
+    """A backend around another one: everything passes through unless a subclass overrides it.
+
+    The HTTP layer stacks these (metering, the shutdown drain) around the real backend; each
+    overrides only what it changes, such as ``chat`` and ``embed``.
+    """
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:  # fingerprint, stats, settings, upstream_status ...
+        if name == "inner":  # not set yet (copying, unpickling): no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def require_ready(self) -> None:
+        self.inner.require_ready()
+
+    def models(self) -> list[ModelCard]:
+        return self.inner.models()
+
+    @property
+    def queue_depth(self) -> int:
+        return self.inner.queue_depth
 
 
 # --8<-- [start:runner]

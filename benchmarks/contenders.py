@@ -251,12 +251,7 @@ class Server(Contender):
         if self.proc is None or self.proc.poll() is not None:
             return
         self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        _reap(self.proc, self._log)
 
     def _request(self, messages: list[dict[str, str]], max_tokens: int, ban: dict[str, int], seed: int,
                  stream: bool) -> dict[str, Any]:
@@ -470,10 +465,14 @@ class LowLevel:
             self.ask(op="quit")
         except Exception:
             pass
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
+        _reap(self.proc, self._log)
 
+
+def _reap(proc: subprocess.Popen, log: Any) -> None:
+    """Waits for a process asked to end (15 s), kills it if it does not, and closes its log."""
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()

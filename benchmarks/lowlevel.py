@@ -9,7 +9,7 @@ benchmark's own. Two measurements:
   in one batch per step through the C API with llama.cpp's own sampler (a logit-bias + greedy
   chain: the end-of-generation tokens banned, as everywhere in the benchmark). No queue, no
   events, no detokenizing: nothing but ``llama_decode`` and ``llama_sampler_sample``. The
-  context is configured as the runner's (unified KV cache, flash attention).
+  context is configured as the runner's (a KV stream per sequence, flash attention).
 * ``runner``: the batching runner (reference_server/backends/local/batching.py) driven with
   asyncio in this process, k clients at a time, each request streamed event by event.
 
@@ -87,7 +87,7 @@ class Lab:
     def _limit(self, prompts: list[list[int]], tokens: int) -> dict[str, Any]:
         l, n = self.l, len(prompts)
         cp = l.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.kv_unified = self.n_ctx * n, n, True
+        cp.n_ctx, cp.n_seq_max, cp.kv_unified = self.n_ctx * n, n, self.runner.unified_kv
         cp.n_batch = cp.n_ubatch = max(512, sum(map(len, prompts)))
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.flash_attn_type, cp.no_perf = l.LLAMA_FLASH_ATTN_TYPE_ENABLED, True

@@ -238,7 +238,7 @@ def markdown(run: Run) -> str:
         lim = run.limits
         out.append("#### The limit of this build, and the batching runner without HTTP\n")
         out.append("The C API column is `llama_decode` and llama.cpp's own greedy sampler and nothing else "
-                   "(benchmarks/lowlevel.py), with the runner's context settings (unified KV cache, flash "
+                   "(benchmarks/lowlevel.py), with the runner's context settings (a KV stream per sequence, flash "
                    "attention); the runner column is reference_server/backends/local/batching.py driven "
                    "in the same process, events and all.\n")
         out.append("| figure | C API | batching runner | runner / C API |")

@@ -168,6 +168,35 @@ def test_the_prefix_cache_evaluates_only_the_new_turn(runner, engine):
     assert second.texts[0]
 
 
+WORDS = "kiwi, falcon, marble, tundra, velvet, orchid, copper, lagoon, saffron, quartz"
+
+
+def test_a_prefix_held_by_a_busy_slot_is_copied_with_its_cells(runner, engine):
+    """Each slot has its own KV stream, so a prefix another (busy) slot holds is copied, cells and all.
+
+    The prompt is a list the model can only continue if the copied cells hold the list: the
+    next word is certain with them, and a guess without them.
+    """
+    prefix = f"Code words: {WORDS}. Say them again: {WORDS}. And once more:"
+    busy = engine.tokenize(prefix + " no, stop.")
+    prompt = engine.tokenize(prefix + " kiwi, falcon, marble, tundra,")
+    shared = next(i for i, (a, b) in enumerate(zip(busy, prompt)) if a != b)
+
+    async def go():
+        gen = runner.submit(busy, SamplingParams(max_tokens=48, temperature=0, logit_bias=EOG_BAN))
+        async for e in gen:  # the busy request is decoding: its slot is taken, its cells hold the prefix
+            if isinstance(e, TextDelta):
+                break
+        copied = await collect(runner.submit(prompt, SamplingParams(max_tokens=1, temperature=0, logprobs=1)))
+        await gen.aclose()
+        return copied
+
+    copied = asyncio.run(go())
+    assert shared > 40 and copied.timings.cached_tokens == shared, (shared, copied.timings)
+    (first,) = copied.logprobs[0]
+    assert first.token == " velvet" and first.logprob > -0.5, first
+
+
 def test_without_the_cache_every_prompt_is_evaluated_whole(model, engine, settings):
     r = BatchingRunner(model, parallel=2, n_ctx_slot=512, n_threads=settings.n_threads, prefix_cache=False)
     prompt = chat(engine, "Name a colour.")

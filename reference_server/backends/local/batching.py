@@ -3,8 +3,8 @@
 Decoding one token of a small model is bound by memory: every step reads all the weights
 once, and the cores spend most of the step waiting for them. A batch of 8 tokens from 8
 different sequences reads the same weights once, so it costs little more than one. This runner
-keeps a fixed set of **slots** (one llama.cpp sequence id each) in one context with a shared
-("unified") KV cache, and runs a **step loop** on one thread: every step puts the next token of
+keeps a fixed set of **slots** (one llama.cpp sequence id each) in one context, each with its own
+stream of KV cells, and runs a **step loop** on one thread: every step puts the next token of
 every generating sequence into one ``llama_batch``, fills the rest of the batch with chunks of
 prompts still being read (chunked prefill: a long prompt never stalls the others for more than
 one chunk), calls ``llama_decode`` once, and samples every sequence with its own llama.cpp
@@ -13,7 +13,14 @@ sampler chain.
 A slot keeps the tokens whose KV cells it holds after its request ends. A new request starts
 from the longest prefix any slot holds (the **prefix cache**: a multi-turn chat, a shared system
 prompt, the tools block) and evaluates only the rest. ``n > 1`` choices evaluate the prompt
-once and share its cells (``llama_memory_seq_cp``).
+once and copy its cells (``llama_memory_seq_cp``).
+
+Why a stream per slot and not one shared ("unified") pool of cells: in a unified pool every
+sequence's attention walks every cell in use, masked or not, so once the slots hold cached
+prefixes a single sequence decodes about a third slower (benchmarks/lowlevel.py measures both;
+llama-server makes the same choice by default). The price: a prefix held by *another* slot is
+copied as that slot's whole stream (a memory copy of tens of MiB), so it is only worth it for a
+long prefix (``MIN_COPY``).
 
 Batching changes the shape of every matrix product, so floats can differ in the last bits from
 one batch composition to the next, and, rarely, a near-tie between two tokens flips. Settings
@@ -42,6 +49,9 @@ from ..base import ChoiceDone, Event, Generation, Timings
 from .sequence import Sequence
 
 PENALTY_LAST_N = 64  # llama-cpp-python's default window (Llama(last_n_tokens_size=64))
+# Per-slot streams: another slot's prefix is copied (a whole stream, ~10 ms) only when it saves
+# at least this many tokens of prompt evaluation (~3 ms each on 2 cores).
+MIN_COPY = 16
 
 
 # ---- llama.cpp plumbing ---------------------------------------------------------------------
@@ -190,14 +200,15 @@ class BatchingRunner:
 
     def __init__(self, model: Any, *, parallel: int = 4, n_ctx_slot: int = 4096, n_batch: int = 512,
                  n_threads: int = 1, prefix_cache: bool = True, max_queue: int = 16,
-                 flash_attn: bool = True, stats: dict[str, int] | None = None) -> None:
+                 flash_attn: bool = True, unified_kv: bool = False,
+                 stats: dict[str, int] | None = None) -> None:
         import llama_cpp
 
         self._l = llama_cpp
         self.model = model
         self.parallel, self.n_ctx_slot, self.n_batch = parallel, n_ctx_slot, max(n_batch, parallel)
         self.prefix_cache, self.max_queue = prefix_cache, max_queue
-        self.n_threads, self.flash_attn = n_threads, flash_attn
+        self.n_threads, self.flash_attn, self.unified_kv = n_threads, flash_attn, unified_kv
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
@@ -342,7 +353,7 @@ class BatchingRunner:
         cp.n_seq_max = self.parallel
         cp.n_batch = cp.n_ubatch = self.n_batch
         cp.n_threads = cp.n_threads_batch = self.n_threads
-        cp.kv_unified = True   # one pool of cells: prefixes are shared, and any slot can copy any other's
+        cp.kv_unified = self.unified_kv  # False: a stream of n_ctx_slot cells per slot (see the module doc)
         cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         self.ctx = l.llama_init_from_model(self.model, cp)
@@ -442,14 +453,13 @@ class BatchingRunner:
         if self.prefix_cache:  # a busy slot may hold a longer one: a shared system prompt, say
             for other in self.slots:
                 n = _common_prefix(other.tokens, prompt)
-                if n > keep:
+                if n >= keep + (1 if self.unified_kv else MIN_COPY):
                     keep, source = n, other
         keep = min(keep, len(prompt) - 1)  # the last prompt token is evaluated again: its logits start the answer
-        if source is slot:
-            l.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
-        else:
+        if source is not slot:  # the whole of the other slot's cells, then cut to the prefix
             l.llama_memory_seq_rm(self.mem, slot.seq, -1, -1)
-            l.llama_memory_seq_cp(self.mem, source.seq, slot.seq, 0, keep)
+            l.llama_memory_seq_cp(self.mem, source.seq, slot.seq, -1, -1)
+        l.llama_memory_seq_rm(self.mem, slot.seq, keep, -1)
         slot.tokens = prompt[:keep]
         slot.todo = prompt[keep:]
         request.cached_tokens = keep
@@ -523,8 +533,8 @@ class BatchingRunner:
             request.t_first = request.t_first or now
             if request.pending and request.units < request.params.n:  # for choices that start later here
                 request.first_logits = self._logits(slot.in_batch).copy()
-            for follower in slot.followers:  # n > 1: they share the prompt's cells
-                self._l.llama_memory_seq_cp(self.mem, slot.seq, follower.seq, 0, len(request.prompt))
+            for follower in slot.followers:  # n > 1: copies of the prompt's cells (all the slot holds now)
+                self._l.llama_memory_seq_cp(self.mem, slot.seq, follower.seq, -1, -1)
                 follower.tokens = list(request.prompt)
                 follower.waiting = False
                 self._sample(follower, slot.in_batch)

@@ -224,6 +224,9 @@ class BatchingRunner:
         self._waiting: deque[_Request] = deque()   # queued: no slots reserved yet
         self._ready: deque[_Request] = deque()     # slots reserved, not started yet
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
+        # Events wait here until the step's sampling is done (_flush): handing each one over at once
+        # wakes the event loop, which then takes the GIL from the sampling of the next sequences.
+        self._outbox: list[tuple[Callable[[Any], None], Any]] = []
         self._free_units = parallel
         self._running = 0
         self._closing = False
@@ -252,8 +255,8 @@ class BatchingRunner:
             raise errors.invalid_request("The prompt is empty.")
         if len(prompt) >= self.n_ctx_slot:
             raise errors.context_length_exceeded(len(prompt), params.max_tokens, self.n_ctx_slot, "messages")
-        request = _Request(prompt, params, emit, cancel, units=min(params.n, self.parallel),
-                           pending=deque(range(params.n)))
+        request = _Request(prompt, params, lambda item: self._outbox.append((emit, item)), cancel,
+                           units=min(params.n, self.parallel), pending=deque(range(params.n)))
         with self._lock:
             if not self._waiting and self._free_units >= request.units:
                 self._free_units -= request.units  # it starts at the next step
@@ -396,10 +399,18 @@ class BatchingRunner:
                     for slot in self.slots:
                         if slot.request is not None:
                             self._fail(slot.request, exc)
+            self._flush()
         for slot in self.slots:
             if slot.request is not None:
                 self._fail(slot.request, RuntimeError("the server is shutting down"))
+        self._flush()
     # --8<-- [end:loop]
+
+    def _flush(self) -> None:
+        """Hands the step's events over, in order, now that no more sampling needs the GIL."""
+        outbox, self._outbox = self._outbox, []
+        for emit, item in outbox:
+            emit(item)
 
     def _busy(self) -> bool:
         return any(s.request is not None for s in self.slots)

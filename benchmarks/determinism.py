@@ -7,7 +7,8 @@ two tokens are nearly tied, and then the texts part ways for good. This script c
 that happens on the embedded model, over ``--prompts`` chats (default 56: seven rounds of eight):
 
 * **batched with 7 others**: each prompt alone (one at a time), then eight at a time, on a
-  batching runner with the cache off;
+  batching runner with the cache off; the same again with one KV pool for all slots
+  (``--kv-unified``) instead of a stream per slot;
 * **after a cache hit**: the same prompt once more on a runner whose cache holds the first
   request's cells (only the last prompt token is evaluated again), and once after a request
   that shares only the system prompt;
@@ -96,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     cold = LocalBackend(base.model_copy(update={"prefix_cache": False}))
     warm, warm_shared = LocalBackend(base), LocalBackend(base)
     serial = LocalBackend(base.model_copy(update={"deterministic": True}))
-    backends = (cold, warm, warm_shared, serial)
+    pool = LocalBackend(base.model_copy(update={"prefix_cache": False, "kv_unified": True}))
+    backends = (cold, warm, warm_shared, serial, pool)
     for b in backends:
         b.load()
     conversations = chats(args.prompts)
@@ -115,9 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         alone(warm_shared, [s], 4)
         shared += alone(warm_shared, [prompt], t)
     say("determinism: serial runner, twice"); ser = alone(serial, prompts, t); ser2 = alone(serial, prompts, t)
+    say("determinism: one KV pool, alone and batched"); pool1 = alone(pool, prompts, t); pool8 = batched(pool, prompts, t, 8)
     rows = [
         ("batching runner alone, twice (cache off)", compare(ref, ref2), "same shapes, same cells"),
-        ("alone vs batched with 7 others (cache off)", compare(ref, bat), "batch shape"),
+        ("alone vs batched with 7 others (cache off)", compare(ref, bat),
+         "batch shape; each sequence attends to its own KV stream"),
+        ("the same, with one KV pool for all slots (`--kv-unified`)", compare(pool1, pool8),
+         "batch shape; attention walks every sequence's cells"),
+        ("a stream per slot vs one pool, alone", compare(ref, pool1), "cells laid out differently"),
         ("cache off vs a first request with the cache on", compare(ref, first),
          "cells in another order (the cache keeps other requests' cells)"),
         ("first request vs the same prompt again (cache hit: only the last token is evaluated)",

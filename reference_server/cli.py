@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, help=f"slots: requests decoded together in one batch (default 4) [{env('PARALLEL')}]")
     p.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_const", const=False,
                    help=f"evaluate every prompt whole [{env('PREFIX_CACHE')}=false]")
+    p.add_argument("--kv-unified", dest="kv_unified", action="store_const", const=True,
+                   help=f"one pool of KV cells for all slots, not a stream per slot [{env('KV_UNIFIED')}]")
     p.add_argument("--deterministic", action="store_const", const=True,
                    help=f"one sequence at a time, no cache: the same text for the same request [{env('DETERMINISTIC')}]")
     # --8<-- [start:gateway_options]

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
         "auto", description="llama.cpp's extra weight buffers (AMX, REPACK); auto: off on a build with AMX.")
     parallel: int = Field(4, ge=1, le=64, description="Slots: sequences decoded together, one batch per step.")
     prefix_cache: bool = Field(True, description="Reuse the KV cells of the longest prompt prefix a slot holds.")
+    kv_unified: bool = Field(False, description="One pool of KV cells for all slots instead of a stream per slot "
+                                                "(llama.cpp's kv_unified; course/08-batching.md).")
     deterministic: bool = Field(False, description="One sequence at a time and no cache: the same request gives "
                                                    "the same text (tests, labs).")
     # --8<-- [start:limits]

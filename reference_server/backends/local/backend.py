@@ -96,6 +96,7 @@ class LocalBackend:
             if self.batching:
                 self.runner = BatchingRunner(self._llm.model, parallel=s.parallel, n_ctx_slot=s.n_ctx,
                                              n_batch=s.n_batch, n_threads=s.n_threads, prefix_cache=s.prefix_cache,
+                                             unified_kv=s.kv_unified,
                                              max_queue=s.max_queue, stats=self.stats)
                 self.memory = self.runner.memory_report()
             else:
@@ -185,7 +186,7 @@ class LocalBackend:
         s = self.settings
         key = f"{llama_cpp.__version__}|{s.model_path.name}|{self.created}|{s.n_ctx}"
         if self.batching:  # batch shapes and cached prefixes change floats: another configuration
-            key += f"|batching|{s.parallel}|{s.prefix_cache}"
+            key += f"|batching|{s.parallel}|{s.prefix_cache}" + ("|kv_unified" if s.kv_unified else "")
         return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
     # ---- prompts -----------------------------------------------------------------------------

@@ -23,9 +23,10 @@ copied as that slot's whole stream (a memory copy of tens of MiB), so it is only
 long prefix (``MIN_COPY``).
 
 Batching changes the shape of every matrix product, so floats can differ in the last bits from
-one batch composition to the next, and, rarely, a near-tie between two tokens flips. Settings
-with ``deterministic`` serve one sequence at a time with no cache (benchmarks/determinism.py
-measures how often text differs).
+one batch composition to the next, and a near-tie between two tokens can flip. On this build,
+with a stream per slot, it measured no difference at all (benchmarks/determinism.py; with one
+pool, most answers differed); another quantization, build or GPU can bring differences back.
+Settings with ``deterministic`` serve one sequence at a time with no cache.
 """
 
 from __future__ import annotations

@@ -171,12 +171,17 @@ def test_the_prefix_cache_evaluates_only_the_new_turn(runner, engine):
 WORDS = "kiwi, falcon, marble, tundra, velvet, orchid, copper, lagoon, saffron, quartz"
 
 
-def test_a_prefix_held_by_a_busy_slot_is_copied_with_its_cells(runner, engine):
-    """Each slot has its own KV stream, so a prefix another (busy) slot holds is copied, cells and all.
+@pytest.mark.parametrize("unified", [False, True], ids=["stream per slot", "one pool"])
+def test_a_prefix_held_by_a_busy_slot_is_copied_with_its_cells(runner, engine, model, settings, unified):
+    """A prefix another (busy) slot holds is copied: the whole stream and cut (a stream per slot,
+    the default), or tagged (``kv_unified``, one pool).
 
     The prompt is a list the model can only continue if the copied cells hold the list: the
     next word is certain with them, and a guess without them.
     """
+    if unified:
+        runner = BatchingRunner(model, parallel=4, n_ctx_slot=1024, n_batch=64, n_threads=settings.n_threads,
+                                unified_kv=True)
     prefix = f"Code words: {WORDS}. Say them again: {WORDS}. And once more:"
     busy = engine.tokenize(prefix + " no, stop.")
     prompt = engine.tokenize(prefix + " kiwi, falcon, marble, tundra,")
@@ -191,7 +196,11 @@ def test_a_prefix_held_by_a_busy_slot_is_copied_with_its_cells(runner, engine):
         await gen.aclose()
         return copied
 
-    copied = asyncio.run(go())
+    try:
+        copied = asyncio.run(go())
+    finally:
+        if unified:
+            runner.close()
     assert shared > 40 and copied.timings.cached_tokens == shared, (shared, copied.timings)
     (first,) = copied.logprobs[0]
     assert first.token == " velvet" and first.logprob > -0.5, first

@@ -44,13 +44,11 @@ def measure(unified: bool, threads: int) -> dict[str, dict[str, float]]:
 
     from lowlevel import Lab
     from reference_server.backends.base import TextDelta
-    from reference_server.backends.local.batching import BatchingRunner
     from reference_server.sampling import SamplingParams
     from reference_server.settings import Settings
 
-    lab = Lab(Settings().model_path, threads, 4096, 8)
-    lab.runner.close()
-    runner = BatchingRunner(lab.model, parallel=8, n_ctx_slot=4096, n_threads=threads, unified_kv=unified)
+    lab = Lab(Settings().model_path, threads, 4096, 8, kv_unified=unified)
+    runner = lab.runner
     ban = {t: float("-inf") for t in lab.eog}
     rng = np.random.default_rng(0)
 
@@ -92,7 +90,7 @@ def measure(unified: bool, threads: int) -> dict[str, dict[str, float]]:
             timed(prompt(1500), 1)
         full = state()
     finally:
-        runner.close()
+        lab.close()
     return {"empty": empty, "full": full}
 
 

@@ -52,7 +52,7 @@ def conversation(tag: str) -> list[dict[str, str]]:
 class Lab:
     """One model, one batching runner, and the C-API probe, all on the runner's thread."""
 
-    def __init__(self, model_path: Path, threads: int, n_ctx: int, parallel: int) -> None:
+    def __init__(self, model_path: Path, threads: int, n_ctx: int, parallel: int, kv_unified: bool = False) -> None:
         import llama_cpp
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -73,7 +73,8 @@ class Lab:
         self.tok = llama_cpp.Llama(model_path=str(model_path), vocab_only=True, verbose=False)
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.template = env.from_string(self.tok.metadata["tokenizer.chat_template"])
-        self.runner = BatchingRunner(self.model, parallel=parallel, n_ctx_slot=n_ctx, n_threads=threads)
+        self.runner = BatchingRunner(self.model, parallel=parallel, n_ctx_slot=n_ctx, n_threads=threads,
+                                     kv_unified=kv_unified)
 
     def prompt(self, messages: list[dict[str, str]]) -> list[int]:
         text = self.template.render(messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
@@ -87,7 +88,7 @@ class Lab:
     def _limit(self, prompts: list[list[int]], tokens: int) -> dict[str, Any]:
         l, n = self.l, len(prompts)
         cp = l.llama_context_default_params()
-        cp.n_ctx, cp.n_seq_max, cp.kv_unified = self.n_ctx * n, n, self.runner.unified_kv
+        cp.n_ctx, cp.n_seq_max, cp.kv_unified = self.n_ctx * n, n, self.runner.kv_unified
         cp.n_batch = cp.n_ubatch = max(512, sum(map(len, prompts)))
         cp.n_threads = cp.n_threads_batch = self.threads
         cp.flash_attn_type, cp.no_perf = l.LLAMA_FLASH_ATTN_TYPE_ENABLED, True

@@ -181,7 +181,7 @@ def test_a_prefix_held_by_a_busy_slot_is_copied_with_its_cells(runner, engine, m
     """
     if unified:
         runner = BatchingRunner(model, parallel=4, n_ctx_slot=1024, n_batch=64, n_threads=settings.n_threads,
-                                unified_kv=True)
+                                kv_unified=True)
     prefix = f"Code words: {WORDS}. Say them again: {WORDS}. And once more:"
     busy = engine.tokenize(prefix + " no, stop.")
     prompt = engine.tokenize(prefix + " kiwi, falcon, marble, tundra,")

@@ -96,8 +96,7 @@ class LocalBackend:
             if self.batching:
                 self.runner = BatchingRunner(self._llm.model, parallel=s.parallel, n_ctx_slot=s.n_ctx,
                                              n_batch=s.n_batch, n_threads=s.n_threads, prefix_cache=s.prefix_cache,
-                                             unified_kv=s.kv_unified,
-                                             max_queue=s.max_queue, stats=self.stats)
+                                             kv_unified=s.kv_unified, max_queue=s.max_queue, stats=self.stats)
                 self.memory = self.runner.memory_report()
             else:
                 self.runner = SerialRunner(self._llm, self._eog, self._worker, self.n_ctx, self.stats)

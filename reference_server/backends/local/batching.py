@@ -17,10 +17,10 @@ once and copy its cells (``llama_memory_seq_cp``).
 
 Why a stream per slot and not one shared ("unified") pool of cells: in a unified pool every
 sequence's attention walks every cell in use, masked or not, so once the slots hold cached
-prefixes a single sequence decodes about a third slower (benchmarks/lowlevel.py measures both;
-llama-server makes the same choice by default). The price: a prefix held by *another* slot is
-copied as that slot's whole stream (a memory copy of tens of MiB), so it is only worth it for a
-long prefix (``MIN_COPY``).
+prefixes a single sequence decodes about a quarter slower (benchmarks/kv_layout.py measures
+both; llama-server makes the same choice by default). The price: a prefix held by *another* slot
+is copied as that slot's whole stream (a memory copy of tens of MiB), so it is only worth it for
+a long prefix (``MIN_COPY``).
 
 Batching changes the shape of every matrix product, so floats can differ in the last bits from
 one batch composition to the next, and a near-tie between two tokens can flip. On this build,
@@ -201,7 +201,7 @@ class BatchingRunner:
 
     def __init__(self, model: Any, *, parallel: int = 4, n_ctx_slot: int = 4096, n_batch: int = 512,
                  n_threads: int = 1, prefix_cache: bool = True, max_queue: int = 16,
-                 flash_attn: bool = True, unified_kv: bool = False,
+                 flash_attn: bool = True, kv_unified: bool = False,
                  stats: dict[str, int] | None = None) -> None:
         import llama_cpp
 
@@ -209,7 +209,7 @@ class BatchingRunner:
         self.model = model
         self.parallel, self.n_ctx_slot, self.n_batch = parallel, n_ctx_slot, max(n_batch, parallel)
         self.prefix_cache, self.max_queue = prefix_cache, max_queue
-        self.n_threads, self.flash_attn, self.unified_kv = n_threads, flash_attn, unified_kv
+        self.n_threads, self.flash_attn, self.kv_unified = n_threads, flash_attn, kv_unified
         self.vocab = llama_cpp.llama_model_get_vocab(model)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
         self.eog = frozenset(t for t in range(self.n_vocab) if llama_cpp.llama_vocab_is_eog(self.vocab, t))
@@ -357,7 +357,7 @@ class BatchingRunner:
         cp.n_seq_max = self.parallel
         cp.n_batch = cp.n_ubatch = self.n_batch
         cp.n_threads = cp.n_threads_batch = self.n_threads
-        cp.kv_unified = self.unified_kv  # False: a stream of n_ctx_slot cells per slot (see the module doc)
+        cp.kv_unified = self.kv_unified  # False: a stream of n_ctx_slot cells per slot (see the module doc)
         cp.flash_attn_type = l.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.flash_attn else l.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         self.ctx = l.llama_init_from_model(self.model, cp)
@@ -465,7 +465,7 @@ class BatchingRunner:
         if self.prefix_cache:  # a busy slot may hold a longer one: a shared system prompt, say
             for other in self.slots:
                 n = _common_prefix(other.tokens, prompt)
-                if n >= keep + (1 if self.unified_kv else MIN_COPY):
+                if n >= keep + (1 if self.kv_unified else MIN_COPY):
                     keep, source = n, other
         keep = min(keep, len(prompt) - 1)  # the last prompt token is evaluated again: its logits start the answer
         if source is not slot:  # the whole of the other slot's cells, then cut to the prefix
